@@ -1,0 +1,1 @@
+"""minidl.functional (in progress)."""

@@ -1,0 +1,1 @@
+"""minidl.models (in progress)."""

@@ -1,0 +1,4 @@
+"""Neural-network building blocks: Module, Parameter, containers, layers and initializers."""
+from minidl.nn.module import Module, ModuleList, Parameter, Sequential  # noqa: F401
+from minidl.nn import init  # noqa: F401
+from minidl.nn.layers import *  # noqa: F401,F403

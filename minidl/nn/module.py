@@ -1,0 +1,386 @@
+"""``Module``, ``Parameter``, ``Sequential`` and ``ModuleList``, the way PyTorch users know them.
+
+A Module registers what is assigned to it: a :class:`Parameter` becomes a parameter, a Module a
+submodule, and ``register_buffer(name, tensor)`` a buffer (state that is saved but not trained,
+like batch norm's running statistics). All three are kept in registration order (dicts, never
+sets), so ``state_dict()`` keys, optimizer state and results are deterministic for a seed.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from minidl import backend
+from minidl.tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A Tensor that is a trainable parameter of a Module (``requires_grad=True`` by default)."""
+
+    def __init__(self, data, requires_grad=True):
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
+
+
+class Module:
+    """Base class of layers and models: subclasses set attributes in ``__init__`` and define
+    ``forward``; calling the module runs ``forward`` and then the forward hooks."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
+        object.__setattr__(self, "_hook_id", 0)
+        object.__setattr__(self, "training", True)
+
+    # -- registration ----------------------------------------------------------------------
+    def _check_init(self):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() "
+                               "before assigning parameters or submodules")
+
+    def __setattr__(self, name, value):
+        if isinstance(value, Parameter):
+            self._check_init()
+            self._remove(name)
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._check_init()
+            self._remove(name)
+            self._modules[name] = value
+        elif "_parameters" in self.__dict__ and name in self._parameters:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} to parameter {name!r} of "
+                                f"{type(self).__name__} (expected a Parameter or None)")
+            self._parameters[name] = None
+        elif "_buffers" in self.__dict__ and name in self._buffers:
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"cannot assign {type(value).__name__} to buffer {name!r} "
+                                "(expected a Tensor or None)")
+            self._buffers[name] = value
+        elif "_modules" in self.__dict__ and name in self._modules and value is None:
+            self._modules[name] = None
+        else:
+            object.__setattr__(self, name, value)
+
+    def _remove(self, name):
+        for d in (self._parameters, self._buffers, self._modules):
+            d.pop(name, None)
+        self.__dict__.pop(name, None)
+
+    def __getattr__(self, name):
+        # only called when normal lookup fails
+        d = self.__dict__
+        for store in ("_parameters", "_buffers", "_modules"):
+            if store in d and name in d[store]:
+                return d[store][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        for store in (self._parameters, self._buffers, self._modules):
+            if name in store:
+                del store[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name, tensor):
+        """Register ``tensor`` (a Tensor or None) as saved, untrained state called ``name``."""
+        self._check_init()
+        if tensor is not None and not isinstance(tensor, Tensor):
+            tensor = Tensor(tensor)
+        if "." in name or not name:
+            raise KeyError(f"buffer name {name!r} must be a non-empty name without dots")
+        self._remove(name)
+        self._buffers[name] = tensor
+
+    def register_parameter(self, name, param):
+        self._check_init()
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"register_parameter({name!r}): expected a Parameter or None, got "
+                            f"{type(param).__name__}")
+        self._remove(name)
+        self._parameters[name] = param
+
+    def add_module(self, name, module):
+        self._check_init()
+        self._remove(name)
+        self._modules[name] = module
+
+    # -- forward and hooks -------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def __call__(self, *args, **kwargs):
+        out = self.forward(*args, **kwargs)
+        for hook in list(self._forward_hooks.values()):
+            r = hook(self, args, out)
+            if r is not None:
+                out = r
+        return out
+
+    def register_forward_hook(self, hook):
+        """``hook(module, inputs, output)`` runs after every forward; returning a value replaces
+        the output. Returns a handle with ``.remove()``."""
+        hid = self._hook_id
+        object.__setattr__(self, "_hook_id", hid + 1)
+        self._forward_hooks[hid] = hook
+        hooks = self._forward_hooks
+
+        class _Handle:
+            def remove(self_inner):
+                hooks.pop(hid, None)
+        return _Handle()
+
+    # -- traversal ---------------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        """(dotted name, module) for this module and every descendant, depth first, each once."""
+        seen = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield name, m
+            children = [(f"{name}.{n}" if name else n, c) for n, c in m._modules.items()
+                        if c is not None]
+            stack.extend(reversed(children))
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self):
+        for n, m in self._modules.items():
+            if m is not None:
+                yield n, m
+
+    def children(self):
+        for _, m in self.named_children():
+            yield m
+
+    def named_parameters(self, prefix="", recurse=True):
+        """(dotted name, Parameter) in registration order; shared parameters appear once."""
+        seen = set()
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mname, m in mods:
+            for n, p in m._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mname}.{n}" if mname else n), p
+
+    def parameters(self, recurse=True):
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix="", recurse=True):
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mname, m in mods:
+            for n, b in m._buffers.items():
+                if b is not None:
+                    yield (f"{mname}.{n}" if mname else n), b
+
+    def buffers(self, recurse=True):
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def num_parameters(self, trainable_only=False):
+        """Total number of parameter elements."""
+        return int(sum(p.size for p in self.parameters()
+                       if p.requires_grad or not trainable_only))
+
+    # -- modes and devices -------------------------------------------------------------------
+    def train(self, mode=True):
+        """Set training mode here and in every submodule; returns self."""
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        """``train(False)``; returns self."""
+        return self.train(False)
+
+    def to(self, device=None, dtype=None):
+        """Move (and/or cast floating) parameters and buffers in place; returns self.
+
+        Parameters keep their identity, so an optimizer built before ``to`` still updates them.
+        """
+        if device is not None:
+            device = backend.normalize_device(device)
+        for t in list(self.parameters()) + list(self.buffers()):
+            arr = t.data
+            if device is not None:
+                arr = backend.to_device(arr, device)
+            if dtype is not None and arr.dtype.kind == "f":
+                arr = arr.astype(dtype)
+            t.data = arr
+            if t.grad is not None:
+                g = t.grad.data
+                if device is not None:
+                    g = backend.to_device(g, device)
+                if dtype is not None:
+                    g = g.astype(dtype)
+                t.grad = Tensor._make(g)
+        return self
+
+    def double(self):
+        return self.to(dtype=np.float64)
+
+    def float(self):
+        return self.to(dtype=np.float32)
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def zero_grad(self, set_to_none=True):
+        """Forget the gradients of all parameters."""
+        for p in self.parameters():
+            p.grad = None
+
+    def requires_grad_(self, flag=True):
+        for p in self.parameters():
+            p.requires_grad_(flag)
+        return self
+
+    def apply(self, fn):
+        """Call ``fn(module)`` on every submodule and self (children first); returns self."""
+        for m in reversed(list(self.modules())):
+            fn(m)
+        return self
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self):
+        """An OrderedDict of dotted name -> Tensor (parameters, then buffers, per module),
+        sharing the module's arrays (copy them to snapshot)."""
+        out = OrderedDict()
+        for mname, m in self.named_modules():
+            for n, p in m._parameters.items():
+                if p is not None:
+                    out[f"{mname}.{n}" if mname else n] = p.detach()
+            for n, b in m._buffers.items():
+                if b is not None:
+                    out[f"{mname}.{n}" if mname else n] = b.detach()
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy values (Tensors or arrays) into this module's parameters and buffers.
+
+        Returns ``(missing_keys, unexpected_keys)``. With ``strict=True`` either being non-empty
+        raises KeyError; a shape mismatch always raises ValueError naming the key and shapes.
+        Values are cast to each parameter's dtype and moved to its device.
+        """
+        own = OrderedDict()
+        for mname, m in self.named_modules():
+            for store in (m._parameters, m._buffers):
+                for n, t in store.items():
+                    if t is not None:
+                        own[f"{mname}.{n}" if mname else n] = t
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
+                           f"unexpected keys {unexpected}")
+        for k, t in own.items():
+            if k not in state_dict:
+                continue
+            v = state_dict[k]
+            v = v.data if isinstance(v, Tensor) else v
+            if tuple(v.shape) != t.shape:
+                raise ValueError(f"load_state_dict: {k!r} has shape {tuple(v.shape)} in the "
+                                 f"state dict but {t.shape} in the module")
+        for k, t in own.items():
+            if k in state_dict:
+                v = state_dict[k]
+                v = v.data if isinstance(v, Tensor) else v
+                arr = backend.to_device(v, t.device).astype(t.dtype, copy=True)
+                t.data = arr
+        return missing, unexpected
+
+    # -- display -----------------------------------------------------------------------------
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = []
+        for name, m in self._modules.items():
+            sub = repr(m).split("\n")
+            lines.append(f"  ({name}): " + "\n  ".join(sub))
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n" + "\n".join(lines) + "\n)"
+
+
+class Sequential(Module):
+    """Modules applied in order. Indexable (``seq[0]``, slices give a Sequential), iterable."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (OrderedDict, dict)):
+            for name, m in modules[0].items():
+                self.add_module(name, m)
+        else:
+            for i, m in enumerate(modules):
+                if not isinstance(m, Module):
+                    raise TypeError(f"Sequential: argument {i} is a {type(m).__name__}, not a "
+                                    "Module")
+                self.add_module(str(i), m)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def __getitem__(self, idx):
+        items = list(self._modules.items())
+        if isinstance(idx, slice):
+            return Sequential(OrderedDict(items[idx]))
+        return items[idx][1]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module):
+        self.add_module(str(len(self)), module)
+        return self
+
+
+class ModuleList(Module):
+    """A list of modules, registered as submodules "0", "1", ...; it has no forward."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList.append: expected a Module, got {type(module).__name__}")
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules):
+        for m in modules:
+            self.append(m)
+        return self
+
+    def __getitem__(self, idx):
+        vals = list(self._modules.values())
+        if isinstance(idx, slice):
+            return ModuleList(vals[idx])
+        return vals[idx]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())

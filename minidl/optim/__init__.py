@@ -1,0 +1,1 @@
+"""minidl.optim (in progress)."""

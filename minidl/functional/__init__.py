@@ -1,1 +1,39 @@
-"""minidl.functional (in progress)."""
+"""minidl.functional (``import minidl.functional as F``): the operations of the three papers,
+with ``torch.nn.functional``'s names and argument order.
+
+==============  =============================================================================
+module          names
+==============  =============================================================================
+conv            ``conv2d``, ``im2col``, ``col2im``
+pooling         ``max_pool2d``, ``avg_pool2d``, ``adaptive_avg_pool2d``,
+                ``adaptive_max_pool2d``, ``spp``
+norm            ``local_response_norm`` (AlexNet's alpha: NOT divided by size), ``batch_norm``
+activation      ``relu``, ``tanh``, ``sigmoid`` (engine ops), ``leaky_relu``, ``prelu``
+dropout         ``dropout``
+linear          ``linear``
+loss            ``softmax``, ``log_softmax``, ``cross_entropy``, ``nll_loss``
+padding         ``pad`` (torch's flat tuple, last dimension first)
+==============  =============================================================================
+
+Each op is a :class:`~minidl.tensor.Function` whose forward and backward work on NumPy arrays
+(CPU) or, for conv, pooling, LRN and PReLU, call the CUDA kernels when given CuPy arrays.
+"""
+from minidl.functional.activation import leaky_relu, prelu, relu, sigmoid, tanh
+from minidl.functional.conv import col2im, conv2d, im2col
+from minidl.functional.dropout import dropout
+from minidl.functional.linear import linear
+from minidl.functional.loss import cross_entropy, log_softmax, nll_loss, softmax
+from minidl.functional.norm import batch_norm, local_response_norm
+from minidl.functional.padding import pad
+from minidl.functional.pooling import (adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d,
+                                       max_pool2d, spp)
+
+__all__ = [
+    "conv2d", "im2col", "col2im",
+    "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "spp",
+    "local_response_norm", "batch_norm",
+    "relu", "tanh", "sigmoid", "leaky_relu", "prelu",
+    "dropout", "linear",
+    "softmax", "log_softmax", "cross_entropy", "nll_loss",
+    "pad",
+]

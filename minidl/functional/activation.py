@@ -1,0 +1,87 @@
+"""Activations: ReLU (AlexNet), PReLU and Leaky ReLU (He et al.), tanh and sigmoid.
+
+``relu``, ``tanh`` and ``sigmoid`` are the engine's ops (:mod:`minidl.ops`), re-exported.
+
+PReLU (Delving Deep into Rectifiers, eq. 1 and 2-4), for x (N, C, ...) and a (C,) or (1,):
+
+    f(y_i) = max(0, y_i) + a_i * min(0, y_i)
+    dE/dy_i = dE/df * (1 if y_i > 0 else a_i)
+    dE/da_i = sum over batch and positions of dE/df * (y_i if y_i <= 0 else 0)
+
+channel-wise (one a per channel, summed over N and space) or channel-shared (one a, summed over
+channels too). y <= 0 takes the negative branch (DESIGN.md). a = 0 is ReLU; a fixed 0.01 is Leaky
+ReLU. The slope gradient is a deterministic reduction (NumPy's pairwise sums).
+"""
+from minidl.functional._utils import is_numpy, kernels, xp_of
+from minidl.ops import relu, sigmoid, tanh  # noqa: F401  (re-exported)
+from minidl.tensor import Function
+
+
+class LeakyReLU(Function):
+    def forward(self, x, slope):
+        xp = xp_of(x)
+        self.slope = slope
+        self.neg = x <= 0
+        return xp.where(self.neg, x * slope, x).astype(x.dtype, copy=False)
+
+    def backward(self, gy):
+        xp = xp_of(gy)
+        return xp.where(self.neg, gy * self.slope, gy).astype(gy.dtype, copy=False)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """``max(0, x) + negative_slope * min(0, x)`` (a PReLU with a fixed slope)."""
+    return LeakyReLU.apply(x, slope=float(negative_slope))
+
+
+def _bshape(x, weight):
+    """Shape that broadcasts weight (C,) or (1,) along dim 1 of x."""
+    shape = [1] * x.ndim
+    if x.ndim >= 2:
+        shape[1] = weight.shape[0]
+    else:
+        shape[0] = weight.shape[0]
+    return tuple(shape)
+
+
+class PReLU(Function):
+    def forward(self, x, weight):
+        xp = xp_of(x)
+        self.save_for_backward(x, weight)
+        if not is_numpy(xp):
+            return kernels().prelu_forward(x, weight)
+        a = weight.reshape(_bshape(x, weight))
+        return xp.where(x > 0, x, x * a)
+
+    def backward(self, gy):
+        x, weight = self.saved_tensors
+        need_x, need_w = self.needs_input_grad
+        xp = xp_of(gy)
+        if not is_numpy(xp):
+            return kernels().prelu_backward(x, weight, gy, need_weight=need_w)
+        pos = x > 0
+        gx = gw = None
+        if need_x:
+            gx = xp.where(pos, gy, gy * weight.reshape(_bshape(x, weight)))
+        if need_w:
+            contrib = xp.where(pos, 0, gy * x)
+            if weight.shape[0] == 1:
+                gw = contrib.sum().reshape(1)
+            else:
+                axes = (0,) + tuple(range(2, x.ndim)) if x.ndim >= 2 else ()
+                gw = contrib.sum(axis=axes) if axes else contrib
+        return gx, gw
+
+
+def prelu(x, weight):
+    """Parametric ReLU: ``y = x if x > 0 else a * x`` with a = ``weight`` of shape (C,)
+    (channel-wise, C = x.shape[1]) or (1,) (channel-shared). Gradients reach x and the slopes."""
+    if weight.ndim != 1:
+        raise ValueError(f"prelu: weight must be 1-d, (1,) or (C,), got shape {weight.shape}")
+    c = x.shape[1] if x.ndim >= 2 else (x.shape[0] if x.ndim == 1 else 1)
+    if weight.shape[0] not in (1, c):
+        raise ValueError(f"prelu: weight of shape {weight.shape} does not match input of shape "
+                         f"{x.shape}: expected (1,) or ({c},) (one slope per channel, dim 1)")
+    if x.ndim == 0 and weight.shape[0] != 1:
+        raise ValueError(f"prelu: a 0-d input needs a (1,) weight, got {weight.shape}")
+    return PReLU.apply(x, weight)

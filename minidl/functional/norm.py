@@ -1,0 +1,182 @@
+"""Normalization: local response normalization (AlexNet) and batch normalization (ResNet).
+
+Local response normalization, across channels, in the AlexNet paper's form (x = a, y = b):
+
+    scale_i = k + alpha * sum_{j in window(i)} a_j^2          b_i = a_i / scale_i^beta
+
+at every (n, h, w), with the window of ``size`` = n channels ``[i - n//2, i + (n-1)//2]`` clipped
+to ``[0, C-1]`` (DESIGN.md; PyTorch's window, symmetric for odd n). alpha is NOT divided by n:
+Caffe, cuDNN and PyTorch use ``k + alpha/n * sum``, so
+
+    minidl  local_response_norm(x, n, alpha, beta, k)
+    == torch.nn.functional.local_response_norm(x, n, alpha * n, beta, k)
+
+The backward is the analytic one (not autograd of a composite), with the mirrored window
+``window'(i) = [i - (n-1)//2, i + n//2]`` (the j whose window contains i):
+
+    da_i = g_i * scale_i^-beta  -  2 * alpha * beta * a_i * sum_{j in window'(i)} g_j b_j / scale_j
+
+Batch normalization (Ioffe & Szegedy; ResNet puts it after every conv), over axes (N, H, W) for
+4-d input (N, C, H, W) or N for 2-d input (N, C):
+
+    xhat = (x - mu_B) / sqrt(var_B + eps),   y = gamma * xhat + beta
+
+training uses the batch statistics (biased var) and updates running statistics in place,
+``running = (1 - momentum) * running + momentum * stat`` with the UNBIASED batch variance, as
+PyTorch; evaluation normalizes with the running statistics.
+"""
+import numpy as np
+
+from minidl.functional._utils import is_numpy, kernels, xp_of
+from minidl.tensor import Function
+
+# ----------------------------------------------------------------------------------------------
+# local response normalization
+
+
+def _window_sum(sq, before, after):
+    """s[:, c] = sum_{j = c - before}^{c + after} sq[:, j] (zero outside [0, C-1]): a loop over
+    the window's offsets (n adds of the whole tensor; more accurate in float32 than the
+    difference of two cumulative sums)."""
+    c = sq.shape[1]
+    out = sq.copy()
+    for o in range(1, before + 1):
+        if o < c:
+            out[:, o:] += sq[:, :c - o]
+    for o in range(1, after + 1):
+        if o < c:
+            out[:, :c - o] += sq[:, o:]
+    return out
+
+
+class LocalResponseNorm(Function):
+    def forward(self, x, size, alpha, beta, k):
+        xp = xp_of(x)
+        self.params = (size, alpha, beta)
+        if not is_numpy(xp):
+            y, scale = kernels().lrn_forward(x, size, alpha, beta, k)
+        else:
+            scale = _window_sum(x * x, size // 2, (size - 1) // 2)
+            scale *= alpha
+            scale += k
+            y = x * scale ** (-beta)
+        self.save_for_backward(x, y, scale)
+        return y
+
+    def backward(self, gy):
+        x, y, scale = self.saved_tensors
+        size, alpha, beta = self.params
+        xp = xp_of(gy)
+        if not is_numpy(xp):
+            return kernels().lrn_backward(x, y, scale, gy, size, alpha, beta)
+        t = _window_sum(gy * y / scale, (size - 1) // 2, size // 2)
+        return gy * scale ** (-beta) - (2.0 * alpha * beta) * x * t
+
+
+def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
+    """AlexNet's local response normalization across channels of x (N, C, ...) -> same shape.
+
+    ``b_i = a_i / (k + alpha * sum_{j=max(0, i-n//2)}^{min(C-1, i+(n-1)//2)} a_j^2)^beta`` with
+    n = ``size`` (paper: n=5, k=2, alpha=1e-4, beta=0.75).
+
+    Note alpha is the paper's: NOT divided by n. PyTorch/Caffe divide it, so
+    ``minidl(x, n, alpha, beta, k) == torch.nn.functional.local_response_norm(x, n, alpha*n,
+    beta, k)``.
+    """
+    if x.ndim < 3:
+        raise ValueError(f"local_response_norm: expected input (N, C, H, W) or (N, C, L), got "
+                         f"shape {x.shape}")
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"local_response_norm: size must be >= 1, got {size}")
+    return LocalResponseNorm.apply(x, size=size, alpha=float(alpha), beta=float(beta),
+                                   k=float(k))
+
+
+# ----------------------------------------------------------------------------------------------
+# batch normalization
+
+
+class BatchNorm(Function):
+    """y = gamma * (x - mu) / sqrt(var + eps) + beta over the axes ``self.axes``.
+
+    Training (batch statistics), with m = number of reduced elements:
+      dxhat = g * gamma;  dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / sqrt(var+eps)
+    Evaluation (fixed statistics): dx = g * gamma / sqrt(var + eps).
+    """
+
+    def forward(self, x, weight, bias, mean, var, eps, axes, training):
+        xp = xp_of(x)
+        shape = [1] * x.ndim
+        shape[1] = x.shape[1]
+        self.shape, self.axes, self.training = tuple(shape), axes, training
+        inv_std = 1.0 / xp.sqrt(var.reshape(shape) + eps)
+        xhat = (x - mean.reshape(shape)) * inv_std
+        self.inv_std = inv_std.astype(x.dtype, copy=False)
+        self.has_weight = weight is not None
+        self.xhat = xhat = xhat.astype(x.dtype, copy=False)
+        self.weight = weight
+        y = xhat * weight.reshape(shape) if weight is not None else xhat.copy()
+        if bias is not None:
+            y += bias.reshape(shape)
+        return y
+
+    def backward(self, gy):
+        xhat, inv_std = self.xhat, self.inv_std
+        need_x, need_w, need_b = self.needs_input_grad
+        gw = (gy * xhat).sum(axis=self.axes) if need_w else None
+        gb = gy.sum(axis=self.axes) if need_b else None
+        gx = None
+        if need_x:
+            gxhat = gy * self.weight.reshape(self.shape) if self.weight is not None else gy
+            if self.training:
+                m1 = gxhat.mean(axis=self.axes, keepdims=True)
+                m2 = (gxhat * xhat).mean(axis=self.axes, keepdims=True)
+                gx = (gxhat - m1 - xhat * m2) * inv_std
+            else:
+                gx = gxhat * inv_std
+        return gx, gw, gb
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """Batch normalization of x (N, C) or (N, C, H, W) per channel C, torch's ``F.batch_norm``.
+
+    ``y = weight * (x - mu) / sqrt(var + eps) + bias``. With ``training=True`` mu and var are the
+    batch's (biased var, over N or N, H, W), and ``running_mean``/``running_var`` (Tensors of
+    shape (C,), or None) are updated IN PLACE: ``r = (1 - momentum) * r + momentum * stat``, the
+    variance unbiased (times m/(m-1)). With ``training=False`` the running statistics are used.
+    """
+    if x.ndim not in (2, 3, 4):
+        raise ValueError(f"batch_norm: expected input (N, C), (N, C, L) or (N, C, H, W), got "
+                         f"shape {x.shape}")
+    c = x.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (c,):
+            raise ValueError(f"batch_norm: {name} has shape {t.shape}, expected ({c},) for input "
+                             f"of shape {x.shape}")
+    axes = (0,) + tuple(range(2, x.ndim))
+    xd = x.data
+    if training:
+        m = int(np.prod([x.shape[a] for a in axes]))
+        if m <= 1:
+            raise ValueError(f"batch_norm: expected more than 1 value per channel when training, "
+                             f"got input of shape {x.shape}")
+        mean = xd.mean(axis=axes)
+        var = xd.var(axis=axes)
+        if running_mean is not None:
+            running_mean.data *= (1 - momentum)
+            running_mean.data += momentum * mean.astype(running_mean.dtype, copy=False)
+        if running_var is not None:
+            running_var.data *= (1 - momentum)
+            running_var.data += (momentum * m / (m - 1)) * var.astype(running_var.dtype,
+                                                                     copy=False)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm: evaluation (training=False) needs running_mean and "
+                             "running_var")
+        mean = running_mean.data.astype(xd.dtype, copy=False)
+        var = running_var.data.astype(xd.dtype, copy=False)
+    return BatchNorm.apply(x, weight, bias, mean=mean, var=var, eps=float(eps), axes=axes,
+                           training=bool(training))

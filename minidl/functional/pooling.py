@@ -1,0 +1,313 @@
+"""Pooling: max (overlapping windows, AlexNet's 3x3 stride 2), average, adaptive, and spatial
+pyramid pooling (SPP, the PReLU paper's {6, 3, 2, 1} / {7, 3, 2, 1} heads).
+
+Shapes: x (N, C, H, W) -> (N, C, OH, OW). Output sizes follow PyTorch (and Caffe):
+
+    OH = floor((H + 2p - k) / s) + 1          (ceil instead of floor with ceil_mode)
+
+and with ``ceil_mode`` a last window that would start in the bottom/right padding
+(``(OH - 1) * s >= H + p``) is dropped. Padding never wins a max and, for the average, is counted
+in the divisor only with ``count_include_pad`` (and only up to ``H + p``, as PyTorch).
+
+Max pooling (DESIGN.md): in each window, scanned in row-major order, a value wins if
+``v > max or isnan(v)`` -- the first maximum wins ties and NaN propagates. The forward keeps the
+winner's per-plane index ``h*W + w`` (int32); the backward sends each output gradient to that
+input element (summing where overlapping windows pick the same one), deterministically.
+
+NumPy path: strided views over the KH*KW kernel offsets (a loop over the window, never over
+pixels). CuPy arrays go to the CUDA kernels of :mod:`minidl.cuda.kernels`.
+"""
+import numpy as np
+
+from minidl import ops
+from minidl.functional._utils import is_numpy, kernels, pair, pool_out_size, xp_of
+from minidl.tensor import Function
+
+
+def _pool_geometry(name, shape, k, s, p, ceil_mode):
+    if len(shape) != 4:
+        raise ValueError(f"{name}: expected a 4-d input (N, C, H, W), got shape {tuple(shape)}")
+    if min(k) < 1 or min(s) < 1 or min(p) < 0:
+        raise ValueError(f"{name}: kernel_size {k} and stride {s} must be >= 1, padding {p} >= 0")
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"{name}: padding {p} must be at most half the kernel size {k}")
+    h, w = shape[2:]
+    if h + 2 * p[0] < k[0] or w + 2 * p[1] < k[1]:
+        raise ValueError(f"{name}: the window {k} is larger than the padded input "
+                         f"{(h + 2 * p[0], w + 2 * p[1])} (input shape {tuple(shape)}, "
+                         f"padding {p})")
+    oh = pool_out_size(h, k[0], s[0], p[0], ceil_mode)
+    ow = pool_out_size(w, k[1], s[1], p[1], ceil_mode)
+    return oh, ow
+
+
+def _padded(x, k, s, p, oh, ow, fill):
+    """x padded by p on the top/left and enough on the bottom/right for every window
+    (ceil_mode windows may run past ``H + p``), filled with ``fill``."""
+    xp = xp_of(x)
+    n, c, h, w = x.shape
+    hp = max(h + 2 * p[0], (oh - 1) * s[0] + k[0])
+    wp = max(w + 2 * p[1], (ow - 1) * s[1] + k[1])
+    if (hp, wp) == (h, w):
+        return x
+    out = xp.full((n, c, hp, wp), fill, dtype=x.dtype)
+    out[:, :, p[0]:p[0] + h, p[1]:p[1] + w] = x
+    return out
+
+
+def _offset_view(xpad, i, j, s, oh, ow):
+    """x_pad[:, :, i + s*oh', j + s*ow'] for every output position: kernel offset (i, j)."""
+    return xpad[:, :, i:i + s[0] * (oh - 1) + 1:s[0], j:j + s[1] * (ow - 1) + 1:s[1]]
+
+
+# ----------------------------------------------------------------------------------------------
+# max pooling
+
+
+def _max_pool_forward(x, k, s, p, ceil_mode):
+    xp = xp_of(x)
+    n, c, h, w = x.shape
+    oh, ow = _pool_geometry("max_pool2d", x.shape, k, s, p, ceil_mode)
+    xpad = _padded(x, k, s, p, oh, ow, -np.inf)
+    # the first valid (non-padding) position of each window is the default winner, as when
+    # every input is -inf
+    hs = np.maximum(np.arange(oh) * s[0] - p[0], 0)
+    ws = np.maximum(np.arange(ow) * s[1] - p[1], 0)
+    best = xp.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
+    arg = xp.broadcast_to(xp.asarray((hs[:, None] * w + ws[None, :]).astype(np.int32)),
+                          (n, c, oh, ow)).copy()
+    hrow = np.arange(oh) * s[0] - p[0]
+    wcol = np.arange(ow) * s[1] - p[1]
+    for i in range(k[0]):
+        for j in range(k[1]):
+            v = _offset_view(xpad, i, j, s, oh, ow)
+            win = (v > best) | xp.isnan(v)
+            idx = xp.asarray(((hrow[:, None] + i) * w + (wcol[None, :] + j)).astype(np.int32))
+            xp.copyto(best, v, where=win)
+            xp.copyto(arg, xp.broadcast_to(idx, arg.shape), where=win)
+    return best, arg
+
+
+def _scatter_to_planes(gy, arg, input_shape):
+    """gx[n, c].flat[arg[n, c, i, j]] += gy[n, c, i, j], summed deterministically."""
+    xp = xp_of(gy)
+    n, c, h, w = input_shape
+    planes = xp.arange(n * c, dtype=np.int64).reshape(n, c, 1, 1) * (h * w)
+    flat = (planes + arg).ravel()
+    gx = xp.bincount(flat, weights=gy.ravel(), minlength=n * c * h * w)
+    return gx.astype(gy.dtype, copy=False).reshape(input_shape)
+
+
+class MaxPool2d(Function):
+    def forward(self, x, k, s, p, ceil_mode):
+        xp = xp_of(x)
+        self.geom = (x.shape, k, s, p, ceil_mode)
+        if not is_numpy(xp):
+            y, self.arg = kernels().max_pool2d_forward(x, k, s, p, ceil_mode)
+            return y
+        y, self.arg = _max_pool_forward(x, k, s, p, ceil_mode)
+        return y
+
+    def backward(self, gy):
+        shape, k, s, p, ceil_mode = self.geom
+        xp = xp_of(gy)
+        if not is_numpy(xp):
+            return kernels().max_pool2d_backward(gy, self.arg, shape, k, s, p, ceil_mode)
+        return _scatter_to_planes(gy, self.arg, shape)
+
+
+def _pool_args(kernel_size, stride, padding):
+    k = pair(kernel_size, "kernel_size")
+    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) \
+        else pair(stride, "stride")
+    return k, s, pair(padding, "padding")
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """Max pooling over (KH, KW) windows, x (N, C, H, W) -> (N, C, OH, OW).
+
+    ``y[n, c, i, j] = max_{kh, kw} x_pad[n, c, i*sH + kh, j*sW + kw]`` (padding is -inf);
+    ``stride`` defaults to ``kernel_size``; overlapping windows (AlexNet: 3, stride 2) are fine.
+    Ties go to the first maximum in row-major window order, NaN propagates.
+    """
+    k, s, p = _pool_args(kernel_size, stride, padding)
+    _pool_geometry("max_pool2d", x.shape, k, s, p, ceil_mode)
+    return MaxPool2d.apply(x, k=k, s=s, p=p, ceil_mode=bool(ceil_mode))
+
+
+# ----------------------------------------------------------------------------------------------
+# average pooling
+
+
+def _avg_divisor(size, k, s, p, out, count_include_pad):
+    """Per output row (or column): the number of elements averaged, PyTorch's rule."""
+    start = np.arange(out) * s - p
+    end = np.minimum(start + k, size + p)
+    full = end - start
+    lo, hi = np.maximum(start, 0), np.minimum(end, size)
+    return full if count_include_pad else hi - lo
+
+
+class AvgPool2d(Function):
+    def forward(self, x, k, s, p, ceil_mode, count_include_pad):
+        xp = xp_of(x)
+        self.geom = (x.shape, k, s, p, ceil_mode, count_include_pad)
+        if not is_numpy(xp):
+            return kernels().avg_pool2d_forward(x, k, s, p, ceil_mode, count_include_pad)
+        n, c, h, w = x.shape
+        oh, ow = _pool_geometry("avg_pool2d", x.shape, k, s, p, ceil_mode)
+        xpad = _padded(x, k, s, p, oh, ow, 0)
+        acc = xp.zeros((n, c, oh, ow), dtype=x.dtype)
+        for i in range(k[0]):
+            for j in range(k[1]):
+                acc += _offset_view(xpad, i, j, s, oh, ow)
+        div = np.outer(_avg_divisor(h, k[0], s[0], p[0], oh, count_include_pad),
+                       _avg_divisor(w, k[1], s[1], p[1], ow, count_include_pad))
+        self.div = div
+        acc /= xp.asarray(div.astype(x.dtype))
+        return acc
+
+    def backward(self, gy):
+        shape, k, s, p, ceil_mode, count_include_pad = self.geom
+        xp = xp_of(gy)
+        if not is_numpy(xp):
+            return kernels().avg_pool2d_backward(gy, shape, k, s, p, ceil_mode,
+                                                 count_include_pad)
+        n, c, h, w = shape
+        oh, ow = gy.shape[2:]
+        g = gy / xp.asarray(self.div.astype(gy.dtype))
+        hp = max(h + 2 * p[0], (oh - 1) * s[0] + k[0])
+        wp = max(w + 2 * p[1], (ow - 1) * s[1] + k[1])
+        gpad = xp.zeros((n, c, hp, wp), dtype=gy.dtype)
+        for i in range(k[0]):
+            for j in range(k[1]):
+                _offset_view(gpad, i, j, s, oh, ow)[...] += g
+        return xp.ascontiguousarray(gpad[:, :, p[0]:p[0] + h, p[1]:p[1] + w])
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """Average pooling, x (N, C, H, W) -> (N, C, OH, OW), torch's ``F.avg_pool2d``.
+
+    ``y[n, c, i, j] = sum_{window} x_pad / divisor``: the divisor is the window's size clipped
+    to the padded input (``count_include_pad=True``) or the number of real input elements in it.
+    """
+    k, s, p = _pool_args(kernel_size, stride, padding)
+    _pool_geometry("avg_pool2d", x.shape, k, s, p, ceil_mode)
+    return AvgPool2d.apply(x, k=k, s=s, p=p, ceil_mode=bool(ceil_mode),
+                           count_include_pad=bool(count_include_pad))
+
+
+# ----------------------------------------------------------------------------------------------
+# adaptive pooling and SPP
+
+
+def adaptive_bins(size, out):
+    """Bin i of ``out`` spans ``[floor(i*size/out), ceil((i+1)*size/out))`` (any size, even
+    size < out: bins then overlap/repeat)."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+def _adaptive_size(output_size, shape):
+    oh, ow = (output_size, output_size) if isinstance(output_size, (int, np.integer)) \
+        else tuple(output_size)
+    oh = shape[2] if oh is None else int(oh)
+    ow = shape[3] if ow is None else int(ow)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"adaptive pooling: output_size must be positive, got {output_size}")
+    return oh, ow
+
+
+def _uniform_bins(size, out):
+    """(kernel, stride) when the adaptive bins are a regular pooling (size divisible by out)."""
+    if size % out == 0:
+        return size // out
+    return None
+
+
+class AdaptiveMaxPool2d(Function):
+    """Adaptive max pooling by a loop over the OH*OW bins (each a vectorized reduction over N, C)
+    with the max-pool winner rule (first maximum, NaN propagates)."""
+
+    def forward(self, x, out_hw):
+        xp = xp_of(x)
+        n, c, h, w = x.shape
+        oh, ow = out_hw
+        self.shape = x.shape
+        y = xp.empty((n, c, oh, ow), dtype=x.dtype)
+        arg = xp.empty((n, c, oh, ow), dtype=np.int32)
+        for i, (h0, h1) in enumerate(adaptive_bins(h, oh)):
+            for j, (w0, w1) in enumerate(adaptive_bins(w, ow)):
+                win = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
+                a = xp.argmax(win, axis=2)
+                nan = xp.isnan(win)
+                if nan.any():  # the LAST NaN wins (v > max || isnan(v) scanned in order)
+                    last = win.shape[2] - 1 - xp.argmax(nan[:, :, ::-1], axis=2)
+                    a = xp.where(nan.any(axis=2), last, a)
+                y[:, :, i, j] = xp.take_along_axis(win, a[:, :, None], axis=2)[:, :, 0]
+                bw = w1 - w0
+                arg[:, :, i, j] = (h0 + a // bw) * w + (w0 + a % bw)
+        self.arg = arg
+        return y
+
+    def backward(self, gy):
+        return _scatter_to_planes(gy, self.arg, self.shape)
+
+
+class AdaptiveAvgPool2d(Function):
+    def forward(self, x, out_hw):
+        xp = xp_of(x)
+        n, c, h, w = x.shape
+        oh, ow = out_hw
+        self.shape, self.bins = x.shape, (adaptive_bins(h, oh), adaptive_bins(w, ow))
+        y = xp.empty((n, c, oh, ow), dtype=x.dtype)
+        for i, (h0, h1) in enumerate(self.bins[0]):
+            for j, (w0, w1) in enumerate(self.bins[1]):
+                y[:, :, i, j] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
+        return y
+
+    def backward(self, gy):
+        xp = xp_of(gy)
+        gx = xp.zeros(self.shape, dtype=gy.dtype)
+        for i, (h0, h1) in enumerate(self.bins[0]):
+            for j, (w0, w1) in enumerate(self.bins[1]):
+                cnt = (h1 - h0) * (w1 - w0)
+                gx[:, :, h0:h1, w0:w1] += (gy[:, :, i, j] / cnt)[:, :, None, None]
+        return gx
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """Average over adaptive bins so the output is ``output_size`` (int or (OH, OW)) whatever the
+    input size; bin i of n spans [floor(i*H/n), ceil((i+1)*H/n)). ``(x, 1)`` is global average
+    pooling (ResNet's head)."""
+    if x.ndim != 4:
+        raise ValueError(f"adaptive_avg_pool2d: expected a 4-d input (N, C, H, W), got shape "
+                         f"{x.shape}")
+    oh, ow = _adaptive_size(output_size, x.shape)
+    if (oh, ow) == (1, 1):
+        return ops.mean(x, axis=(2, 3), keepdims=True)
+    kh, kw = _uniform_bins(x.shape[2], oh), _uniform_bins(x.shape[3], ow)
+    if kh and kw:
+        return avg_pool2d(x, (kh, kw), (kh, kw))
+    return AdaptiveAvgPool2d.apply(x, out_hw=(oh, ow))
+
+
+def adaptive_max_pool2d(x, output_size):
+    """Max over adaptive bins (bin i of n spans [floor(i*H/n), ceil((i+1)*H/n))), so any input
+    size gives ``output_size``; the max-pool winner rule (first maximum, NaN propagates)."""
+    if x.ndim != 4:
+        raise ValueError(f"adaptive_max_pool2d: expected a 4-d input (N, C, H, W), got shape "
+                         f"{x.shape}")
+    oh, ow = _adaptive_size(output_size, x.shape)
+    kh, kw = _uniform_bins(x.shape[2], oh), _uniform_bins(x.shape[3], ow)
+    if kh and kw:
+        return max_pool2d(x, (kh, kw), (kh, kw))
+    return AdaptiveMaxPool2d.apply(x, out_hw=(oh, ow))
+
+
+def spp(x, levels=(6, 3, 2, 1)):
+    """Spatial pyramid pooling (He et al.): adaptive max pooling to n x n for each level n,
+    flattened and concatenated -> (N, C * sum(n^2)) for any input size (even H < n)."""
+    if x.ndim != 4:
+        raise ValueError(f"spp: expected a 4-d input (N, C, H, W), got shape {x.shape}")
+    outs = [ops.flatten(adaptive_max_pool2d(x, int(n)), 1) for n in levels]
+    return outs[0] if len(outs) == 1 else ops.concatenate(outs, axis=1)

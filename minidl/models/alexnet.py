@@ -1,0 +1,169 @@
+"""AlexNet — Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep Convolutional
+Neural Networks" (2012), built only from the public ``minidl.nn`` API.
+
+The paper's network (input 227x227x3 so conv1's arithmetic is exact; the paper says 224):
+
+=======  ===========================================  ==============================
+layer    spec                                         then
+=======  ===========================================  ==============================
+conv1    96 kernels 11x11x3, stride 4                 ReLU, LRN, max-pool 3x3 /2
+conv2    256 kernels 5x5x48 (two groups), pad 2       ReLU, LRN, max-pool 3x3 /2
+conv3    384 kernels 3x3x256 (sees both groups), pad 1  ReLU
+conv4    384 kernels 3x3x192 (two groups), pad 1      ReLU
+conv5    256 kernels 3x3x192 (two groups), pad 1      ReLU, max-pool 3x3 /2
+fc6      4096                                         ReLU, dropout 0.5
+fc7      4096                                         ReLU, dropout 0.5
+fc8      1000                                         (softmax in the loss)
+=======  ===========================================  ==============================
+
+* ``towers=2`` is the paper's two-GPU layout: conv2, conv4 and conv5 are grouped convolutions
+  (``groups=2``; each GPU reads only its own half), conv3 and the fc layers read both halves.
+  The LRN after conv1 and conv2 also runs within each tower (each GPU normalized over its own
+  48 / 128 kernels). ``towers=1`` is the same network with ``groups=1`` everywhere at full
+  width; the paper's one-GPU comparison ("half the kernels") is ``towers=1, width=0.5``.
+* Parameter count (conv and fc weights and biases): 60,965,224 with towers=2, 62,378,344 with
+  towers=1 at width 1.
+* ``width`` multiplies every layer's channel count and the fc widths (rounded to a multiple of
+  ``towers``); ``input_size`` sets the spatial arithmetic and hence fc6's input size.
+* ``init="paper"``: weights N(0, 0.01^2), biases 1 in conv2, conv4, conv5, fc6, fc7 and 0
+  elsewhere. ``init="he"``: He/Kaiming normal weights (fan_in, ReLU gain), zero biases.
+* Ablation switches (the paper's): ``lrn=False`` drops the LRN layers; ``overlap_pool=False``
+  uses 2x2 stride-2 pooling (z = s = 2) instead of 3x3 stride 2 (z = 3 > s = 2); ``dropout``
+  is the drop probability of fc6/fc7.
+
+LRN uses minidl's paper form ``k + alpha * sum`` (alpha not divided by n) with n=5, k=2,
+alpha=1e-4, beta=0.75 (see ``nn.LocalResponseNorm``).
+"""
+import minidl
+from minidl import nn
+from minidl.nn import init as nninit
+
+__all__ = ["AlexNet", "alexnet", "alexnet_feature_size"]
+
+
+def _pool_out(n, kernel, stride):
+    return (n - kernel) // stride + 1
+
+
+def alexnet_feature_size(input_size=227, overlap_pool=True):
+    """Spatial size of conv5's pooled output for a square ``input_size`` (6 for 227)."""
+    k = 3 if overlap_pool else 2
+    n = (input_size - 11) // 4 + 1          # conv1, stride 4, no padding
+    n = _pool_out(n, k, 2)                  # pool1
+    n = _pool_out(n, k, 2)                  # conv2 keeps the size (pad 2), pool2
+    n = _pool_out(n, k, 2)                  # conv3-5 keep it (pad 1), pool5
+    if n < 1:
+        raise ValueError(f"alexnet: input_size={input_size} is too small: the feature map "
+                         f"vanishes before fc6 (need at least 63 px with overlapping pooling)")
+    return n
+
+
+class TowerLRN(nn.Module):
+    """Cross-channel LRN applied separately to each of ``towers`` equal channel groups.
+
+    On the paper's two GPUs each half of conv1's/conv2's kernels was normalized over its own
+    channels only; with ``towers=1`` this is a plain ``nn.LocalResponseNorm``.
+    """
+
+    def __init__(self, towers, size=5, alpha=1e-4, beta=0.75, k=2.0):
+        super().__init__()
+        self.towers = int(towers)
+        self.lrn = nn.LocalResponseNorm(size, alpha=alpha, beta=beta, k=k)
+
+    def forward(self, x):
+        if self.towers == 1:
+            return self.lrn(x)
+        c = x.shape[1] // self.towers
+        parts = [self.lrn(x[:, i * c:(i + 1) * c]) for i in range(self.towers)]
+        return minidl.concatenate(parts, axis=1)
+
+    def extra_repr(self):
+        return f"towers={self.towers}"
+
+
+class AlexNet(nn.Module):
+    """The 8-layer AlexNet; see the module docstring for the table and the switches.
+
+    ``features`` (conv1..pool5), ``classifier`` (fc6..fc8). Input (N, 3, input_size,
+    input_size); output logits (N, num_classes).
+    """
+
+    def __init__(self, num_classes=1000, towers=2, width=1.0, input_size=227, init="paper",
+                 lrn=True, overlap_pool=True, dropout=0.5):
+        super().__init__()
+        if towers not in (1, 2):
+            raise ValueError(f"alexnet: towers must be 1 or 2, got {towers!r}")
+        if init not in ("paper", "he"):
+            raise ValueError(f"alexnet: init must be 'paper' or 'he', got {init!r}")
+        if width <= 0:
+            raise ValueError(f"alexnet: width must be positive, got {width!r}")
+        self.towers, self.width, self.input_size = towers, width, input_size
+        self.init_mode, self.lrn_on, self.overlap_pool = init, bool(lrn), bool(overlap_pool)
+        g = towers
+
+        def ch(n):  # scaled channel count, a multiple of the number of towers
+            return max(g, int(round(n * width / g)) * g)
+
+        c1, c2, c3, c4, c5, f = ch(96), ch(256), ch(384), ch(384), ch(256), ch(4096)
+        pk = 3 if overlap_pool else 2
+
+        def norm():
+            return TowerLRN(g) if lrn else nn.Identity()
+
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c1, 11, stride=4),                         # conv1
+            nn.ReLU(), norm(), nn.MaxPool2d(pk, stride=2),
+            nn.Conv2d(c1, c2, 5, padding=2, groups=g),              # conv2
+            nn.ReLU(), norm(), nn.MaxPool2d(pk, stride=2),
+            nn.Conv2d(c2, c3, 3, padding=1),                        # conv3 (both towers)
+            nn.ReLU(),
+            nn.Conv2d(c3, c4, 3, padding=1, groups=g),              # conv4
+            nn.ReLU(),
+            nn.Conv2d(c4, c5, 3, padding=1, groups=g),              # conv5
+            nn.ReLU(), nn.MaxPool2d(pk, stride=2),
+        )
+        s = alexnet_feature_size(input_size, overlap_pool)
+        self.feature_size = s
+        self.classifier = nn.Sequential(
+            nn.Flatten(1),
+            nn.Dropout(dropout), nn.Linear(c5 * s * s, f), nn.ReLU(),   # fc6
+            nn.Dropout(dropout), nn.Linear(f, f), nn.ReLU(),            # fc7
+            nn.Linear(f, num_classes),                                  # fc8
+        )
+        self.reset_parameters(init)
+
+    def convs(self):
+        return [m for m in self.features if isinstance(m, nn.Conv2d)]
+
+    def fcs(self):
+        return [m for m in self.classifier if isinstance(m, nn.Linear)]
+
+    def reset_parameters(self, init="paper"):
+        layers = self.convs() + self.fcs()          # conv1..5, fc6..8
+        ones = {1, 3, 4, 5, 6}                      # conv2, conv4, conv5, fc6, fc7
+        for i, m in enumerate(layers):
+            if init == "paper":
+                nninit.normal_(m.weight, 0.0, 0.01)
+                nninit.constant_(m.bias, 1.0 if i in ones else 0.0)
+            else:
+                nninit.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nninit.zeros_(m.bias)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+    def extra_repr(self):
+        return (f"towers={self.towers}, width={self.width}, input_size={self.input_size}, "
+                f"init={self.init_mode!r}, lrn={self.lrn_on}, overlap_pool={self.overlap_pool}")
+
+
+def alexnet(num_classes=1000, towers=2, width=1.0, input_size=227, init="paper", **kwargs):
+    """AlexNet (Krizhevsky et al. 2012). See :mod:`minidl.models.alexnet` for the layer table.
+
+    ``towers`` 2 (grouped convs as on the paper's two GPUs) or 1; ``width`` scales channels and
+    fc widths; ``input_size`` the square input side (227 in the paper); ``init`` "paper"
+    (N(0, 0.01^2), biases 1 in conv2/4/5 and fc6/7) or "he". Keyword switches: ``lrn=True``,
+    ``overlap_pool=True``, ``dropout=0.5``. 60,965,224 parameters at the defaults.
+    """
+    return AlexNet(num_classes=num_classes, towers=towers, width=width, input_size=input_size,
+                   init=init, **kwargs)

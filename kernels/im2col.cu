@@ -1,0 +1,105 @@
+// im2col.cu -- unfold image patches into columns, and its adjoint, for convolution as a GEMM.
+//
+// Convolution (AlexNet sec. 3, every conv layer) of x (N, C, H, W) with weights (F, C, KH, KW):
+//
+//   y[n, f, oh, ow] = sum_{c, kh, kw} w[f, c, kh, kw] * x[n, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW]
+//
+// (out-of-image taps are zero padding). im2col copies every tap into
+//
+//   col[n, (c*KH + kh)*KW + kw, oh*OW + ow] = x[n, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW]  (0 outside)
+//
+// -- exactly torch.nn.functional.unfold's layout -- so the convolution of one image is the
+// matrix product W (F, C*KH*KW) @ col[n] (C*KH*KW, OH*OW), done by cuBLAS; with groups, each
+// group is a block of rows of col and of W.
+//
+// The gradient: col is linear in x, so dL/dx is the adjoint (col2im, torch fold):
+//
+//   dx[n, c, h, w] = sum over (kh, kw, oh, ow) with oh*SH - PH + kh*DH = h and
+//                    ow*SW - PW + kw*DW = w of dcol[n, (c*KH + kh)*KW + kw, oh*OW + ow]
+//
+// written as a GATHER: one thread per image element finds the (kh, oh) pairs that reach it
+// (for each kh, oh = (h + PH - kh*DH) / SH when that divides exactly and lies in [0, OH)), so no
+// two threads write the same element -- no atomics, and the sum order is fixed (deterministic).
+//
+// One thread per (n, c, oh, ow) for im2col (it writes the KH*KW column entries of that output
+// position, consecutive threads writing consecutive addresses); grid-stride loops everywhere.
+// Indices are 32-bit: the launcher chunks the batch so N*C*KH*KW*OH*OW < 2^31.
+// float and double entry points share one template.
+
+template <typename T>
+__device__ __forceinline__ void im2col_impl(const T* __restrict__ x, T* __restrict__ col, int N,
+                                            int C, int H, int W, int KH, int KW, int SH, int SW,
+                                            int PH, int PW, int DH, int DW, int OH, int OW) {
+  const int L = OH * OW;
+  const int total = N * C * L;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+    const int ow = i % OW;
+    const int oh = (i / OW) % OH;
+    const int nc = i / L;  // n*C + c
+    const T* xp = x + nc * H * W;
+    // row (c*KH + kh)*KW + kw of image n starts at (nc*KH*KW + kh*KW + kw) * L
+    T* cp = col + nc * KH * KW * L + oh * OW + ow;
+    const int h0 = oh * SH - PH, w0 = ow * SW - PW;
+    for (int kh = 0; kh < KH; ++kh) {
+      const int h = h0 + kh * DH;
+      for (int kw = 0; kw < KW; ++kw) {
+        const int w = w0 + kw * DW;
+        *cp = (h >= 0 && h < H && w >= 0 && w < W) ? xp[h * W + w] : T(0);
+        cp += L;
+      }
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void col2im_impl(const T* __restrict__ col, T* __restrict__ x, int N,
+                                            int C, int H, int W, int KH, int KW, int SH, int SW,
+                                            int PH, int PW, int DH, int DW, int OH, int OW) {
+  const int L = OH * OW;
+  const int total = N * C * H * W;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+    const int w = i % W;
+    const int h = (i / W) % H;
+    const int nc = i / (H * W);
+    const T* cp = col + nc * KH * KW * L;
+    T acc = T(0);
+    for (int kh = 0; kh < KH; ++kh) {
+      const int th = h + PH - kh * DH;  // = oh*SH if this tap row reaches h
+      if (th < 0 || th % SH != 0) continue;
+      const int oh = th / SH;
+      if (oh >= OH) continue;
+      for (int kw = 0; kw < KW; ++kw) {
+        const int tw = w + PW - kw * DW;
+        if (tw < 0 || tw % SW != 0) continue;
+        const int ow = tw / SW;
+        if (ow >= OW) continue;
+        acc += cp[(kh * KW + kw) * L + oh * OW + ow];
+      }
+    }
+    x[i] = acc;
+  }
+}
+
+extern "C" __global__ void im2col_f32(const float* __restrict__ x, float* __restrict__ col, int N,
+                                      int C, int H, int W, int KH, int KW, int SH, int SW, int PH,
+                                      int PW, int DH, int DW, int OH, int OW) {
+  im2col_impl<float>(x, col, N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW);
+}
+
+extern "C" __global__ void im2col_f64(const double* __restrict__ x, double* __restrict__ col,
+                                      int N, int C, int H, int W, int KH, int KW, int SH, int SW,
+                                      int PH, int PW, int DH, int DW, int OH, int OW) {
+  im2col_impl<double>(x, col, N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW);
+}
+
+extern "C" __global__ void col2im_f32(const float* __restrict__ col, float* __restrict__ x, int N,
+                                      int C, int H, int W, int KH, int KW, int SH, int SW, int PH,
+                                      int PW, int DH, int DW, int OH, int OW) {
+  col2im_impl<float>(col, x, N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW);
+}
+
+extern "C" __global__ void col2im_f64(const double* __restrict__ col, double* __restrict__ x,
+                                      int N, int C, int H, int W, int KH, int KW, int SH, int SW,
+                                      int PH, int PW, int DH, int DW, int OH, int OW) {
+  col2im_impl<double>(col, x, N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW);
+}

@@ -1,0 +1,139 @@
+// prelu.cu -- parametric ReLU (He, Zhang, Ren, Sun 2015, "Delving Deep into Rectifiers", eq. 1).
+//
+//   f(y_i) = y_i          if y_i > 0
+//          = a_c * y_i    if y_i <= 0      (a_c: the slope of y_i's channel c, or one shared a)
+//
+// Gradients (the paper's eq. 2 and 3), with g = dE/df:
+//
+//   dE/dy_i = g_i                 if y_i > 0,   a_c * g_i otherwise
+//   dE/da_c = sum over every i of channel c (all batch items and positions) of g_i * y_i [y_i <= 0]
+//
+// (channel-shared: one sum over everything). x is (N, C, S) flattened -- S = H*W, or 1 for a
+// (N, C) input -- and the slope index of element i is (i / S) % C, or 0 when shared.
+//
+// The slope gradient is a big reduction (AlexNet-sized conv1 output: 37M terms into 96 sums, or
+// into ONE sum when shared -- where frameworks that reduce with atomics serialize). It is done
+// in two deterministic stages:
+//   1. prelu_slope_partial: a grid of P x G blocks; block (p, g) sums the terms of group g at
+//      positions p*B + t, p*B + t + P*B, ... (a grid-stride loop inside the group) and reduces
+//      its B threads (warp shuffles, then one shared-memory slot per warp) to partial[g*P + p];
+//   2. prelu_slope_final: one block per group sums its P partials in a fixed order.
+// Same sizes -> same summation tree -> bit-identical results run to run (no atomics).
+// A channel-wise group g holds the elements (n, g, s); the shared case is the same kernel with
+// one group of C*S consecutive elements per item (C = 1, S = C*S).
+
+template <typename T>
+__device__ __forceinline__ void prelu_forward_impl(const T* __restrict__ x, const T* __restrict__ a,
+                                                   T* __restrict__ y, int total, int C, int S,
+                                                   int shared) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+    const T v = x[i];
+    const T slope = a[shared ? 0 : (i / S) % C];
+    y[i] = v > T(0) ? v : slope * v;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void prelu_backward_x_impl(const T* __restrict__ x,
+                                                      const T* __restrict__ a,
+                                                      const T* __restrict__ gy,
+                                                      T* __restrict__ gx, int total, int C, int S,
+                                                      int shared) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+    const T g = gy[i];
+    gx[i] = x[i] > T(0) ? g : a[shared ? 0 : (i / S) % C] * g;
+  }
+}
+
+// Sum of v over the block (any multiple of 32 threads up to 1024); the result is valid in
+// thread 0. Every thread of the block must call it (it has barriers).
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* warp_sums) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < nwarps ? warp_sums[lane] : T(0);
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  }
+  __syncthreads();  // warp_sums may be reused by a following call
+  return v;
+}
+
+// Stage 1. Grid (P, G). Group g has M = N*S terms: term m is element
+// (m / S) * C*S + g*S + m % S of x and gy. partial has G*P entries.
+template <typename T>
+__device__ __forceinline__ void prelu_slope_partial_impl(const T* __restrict__ x,
+                                                         const T* __restrict__ gy,
+                                                         T* __restrict__ partial, int N, int C,
+                                                         int S) {
+  __shared__ T warp_sums[32];
+  const int g = blockIdx.y, P = gridDim.x, M = N * S;
+  T acc = T(0);
+  for (int m = blockIdx.x * blockDim.x + threadIdx.x; m < M; m += blockDim.x * P) {
+    const int n = m / S;
+    const int at = n * C * S + g * S + (m - n * S);
+    const T v = x[at];
+    if (v <= T(0)) acc += gy[at] * v;
+  }
+  acc = block_sum(acc, warp_sums);
+  if (threadIdx.x == 0) partial[g * P + blockIdx.x] = acc;
+}
+
+// Stage 2. Grid (G): block g sums partial[g*P .. g*P + P - 1] into ga[g].
+template <typename T>
+__device__ __forceinline__ void prelu_slope_final_impl(const T* __restrict__ partial,
+                                                       T* __restrict__ ga, int P) {
+  __shared__ T warp_sums[32];
+  const int g = blockIdx.x;
+  T acc = T(0);
+  for (int p = threadIdx.x; p < P; p += blockDim.x) acc += partial[g * P + p];
+  acc = block_sum(acc, warp_sums);
+  if (threadIdx.x == 0) ga[g] = acc;
+}
+
+extern "C" __global__ void prelu_forward_f32(const float* __restrict__ x, const float* __restrict__ a,
+                                             float* __restrict__ y, int total, int C, int S,
+                                             int shared) {
+  prelu_forward_impl<float>(x, a, y, total, C, S, shared);
+}
+extern "C" __global__ void prelu_forward_f64(const double* __restrict__ x,
+                                             const double* __restrict__ a, double* __restrict__ y,
+                                             int total, int C, int S, int shared) {
+  prelu_forward_impl<double>(x, a, y, total, C, S, shared);
+}
+extern "C" __global__ void prelu_backward_x_f32(const float* __restrict__ x,
+                                                const float* __restrict__ a,
+                                                const float* __restrict__ gy,
+                                                float* __restrict__ gx, int total, int C, int S,
+                                                int shared) {
+  prelu_backward_x_impl<float>(x, a, gy, gx, total, C, S, shared);
+}
+extern "C" __global__ void prelu_backward_x_f64(const double* __restrict__ x,
+                                                const double* __restrict__ a,
+                                                const double* __restrict__ gy,
+                                                double* __restrict__ gx, int total, int C, int S,
+                                                int shared) {
+  prelu_backward_x_impl<double>(x, a, gy, gx, total, C, S, shared);
+}
+extern "C" __global__ void prelu_slope_partial_f32(const float* __restrict__ x,
+                                                   const float* __restrict__ gy,
+                                                   float* __restrict__ partial, int N, int C,
+                                                   int S) {
+  prelu_slope_partial_impl<float>(x, gy, partial, N, C, S);
+}
+extern "C" __global__ void prelu_slope_partial_f64(const double* __restrict__ x,
+                                                   const double* __restrict__ gy,
+                                                   double* __restrict__ partial, int N, int C,
+                                                   int S) {
+  prelu_slope_partial_impl<double>(x, gy, partial, N, C, S);
+}
+extern "C" __global__ void prelu_slope_final_f32(const float* __restrict__ partial,
+                                                 float* __restrict__ ga, int P) {
+  prelu_slope_final_impl<float>(partial, ga, P);
+}
+extern "C" __global__ void prelu_slope_final_f64(const double* __restrict__ partial,
+                                                 double* __restrict__ ga, int P) {
+  prelu_slope_final_impl<double>(partial, ga, P);
+}

@@ -1,0 +1,532 @@
+"""Launch wrappers for the handwritten kernels in ``kernels/*.cu``.
+
+Every wrapper takes arrays of ONE kind and runs the same CUDA source either way:
+
+* ``cupy.ndarray`` inputs -> compiled by NVRTC through ``cupy.RawModule`` (cached per device) and
+  launched on the current GPU; results are CuPy arrays;
+* ``numpy.ndarray`` inputs -> the CPU emulation (:mod:`minidl.cuda.emulator`): the .cu file
+  compiled with g++, each CUDA thread a fiber. Slow, but it runs the kernel and all the
+  host-side launch logic below (grid sizes, chunking, scalar types) on machines without a GPU.
+
+Inputs may be non-contiguous or of another float dtype than the first array: they are made
+C-contiguous in the dtype of the main input (float32 or float64 -- every kernel has both
+variants, ``name_f32``/``name_f64``); any other dtype raises TypeError. Pairs (kernel_size,
+stride, padding, dilation) are ints or (h, w) tuples. Layout is NCHW throughout.
+
+All indices inside the kernels are 32-bit. Elementwise kernels, pooling and LRN require fewer than
+``INDEX_LIMIT`` (about 2^31) elements per array and raise ValueError beyond; im2col-based
+convolution processes the batch in chunks so that every column buffer stays below
+``col_budget_bytes()`` (``MINIDL_COL_BUDGET_MB``, default 256 MB) and below ``INDEX_LIMIT``.
+
+Launch configuration: 256 threads per block, a grid-stride loop in every kernel, and at most
+:func:`max_blocks` blocks (``MINIDL_MAX_BLOCKS``, default 65535). Tests lower it with
+``launch_limits(max_blocks=3)`` so the grid-stride loops really loop.
+"""
+import contextlib
+import math
+import os
+
+import numpy as np
+
+from minidl import backend
+
+BLOCK = 256
+INDEX_LIMIT = 2 ** 31 - 2 ** 26  # headroom so i + blockDim*gridDim cannot overflow an int
+_limits = {
+    "max_blocks": int(os.environ.get("MINIDL_MAX_BLOCKS", "65535")),
+    "col_budget": int(float(os.environ.get("MINIDL_COL_BUDGET_MB", "256")) * 2 ** 20),
+}
+
+
+def max_blocks():
+    return _limits["max_blocks"]
+
+
+def col_budget_bytes():
+    return _limits["col_budget"]
+
+
+@contextlib.contextmanager
+def launch_limits(max_blocks=None, col_budget_bytes=None):
+    """Temporarily cap the grid size and/or the im2col buffer (to exercise grid-stride loops
+    and batch chunking on small inputs)."""
+    old = dict(_limits)
+    if max_blocks is not None:
+        _limits["max_blocks"] = int(max_blocks)
+    if col_budget_bytes is not None:
+        _limits["col_budget"] = int(col_budget_bytes)
+    try:
+        yield
+    finally:
+        _limits.update(old)
+
+
+# ---- plumbing --------------------------------------------------------------------------------
+
+def _array_module(*arrays):
+    """numpy or cupy for the given arrays; all must be of one kind."""
+    cp = backend.cupy_module()
+    kinds = set()
+    for a in arrays:
+        if a is None:
+            continue
+        if isinstance(a, np.ndarray):
+            kinds.add("numpy")
+        elif cp is not None and isinstance(a, cp.ndarray):
+            kinds.add("cupy")
+        else:
+            raise TypeError(f"expected numpy or cupy arrays, got {type(a).__module__}."
+                            f"{type(a).__name__}")
+    if len(kinds) > 1:
+        raise TypeError("the arrays must all be numpy (emulated kernels) or all cupy (GPU); "
+                        "got a mix")
+    return cp if kinds == {"cupy"} else np
+
+
+def _kernel(xp, filename, name):
+    if xp is np:
+        from minidl.cuda.emulator import load_emulated
+        return load_emulated(filename).get_function(name)
+    from minidl.cuda.module import load_module
+    return load_module(filename).get_function(name)
+
+
+def _float_dtype(a, what):
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{what} must be float32 or float64 (the kernels' variants), "
+                        f"got {a.dtype}")
+    return a.dtype
+
+
+def _suffix(dtype):
+    return "f32" if dtype == np.float32 else "f64"
+
+
+def _prep(xp, a, dtype):
+    return xp.ascontiguousarray(a, dtype=dtype)
+
+
+def _pair(v, what):
+    if isinstance(v, (int, np.integer)):
+        v = (int(v), int(v))
+    v = tuple(int(e) for e in v)
+    if len(v) != 2:
+        raise ValueError(f"{what} must be an int or a pair (h, w), got {v}")
+    return v
+
+
+def _i32(v, what="value"):
+    v = int(v)
+    if not -2 ** 31 <= v < 2 ** 31:
+        raise OverflowError(f"{what}={v} does not fit a 32-bit kernel argument")
+    return np.int32(v)
+
+
+def _check_index(n, what):
+    if n >= INDEX_LIMIT:
+        raise ValueError(f"{what} has {n} elements; the kernels index with 32-bit ints and "
+                         f"take fewer than {INDEX_LIMIT}")
+
+
+def _grid(n_work):
+    return (max(1, min(-(-n_work // BLOCK), max_blocks())),)
+
+
+def _launch(xp, filename, name, n_work, args, grid=None, block=BLOCK, shared_mem=0):
+    if n_work == 0:
+        return
+    k = _kernel(xp, filename, name)
+    k(_grid(n_work) if grid is None else grid, (block,), tuple(args), shared_mem=shared_mem)
+
+
+# ---- im2col / col2im / convolution -------------------------------------------------------------
+
+def conv_output_size(size, k, s, p, d):
+    """torch's output size of a convolution along one axis."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _conv_geometry(H, W, kernel_size, stride, padding, dilation):
+    (KH, KW), (SH, SW) = _pair(kernel_size, "kernel_size"), _pair(stride, "stride")
+    (PH, PW), (DH, DW) = _pair(padding, "padding"), _pair(dilation, "dilation")
+    if min(KH, KW, SH, SW, DH, DW) < 1 or min(PH, PW) < 0:
+        raise ValueError(f"invalid convolution geometry: kernel {(KH, KW)}, stride {(SH, SW)}, "
+                         f"padding {(PH, PW)}, dilation {(DH, DW)}")
+    OH, OW = conv_output_size(H, KH, SH, PH, DH), conv_output_size(W, KW, SW, PW, DW)
+    if OH < 1 or OW < 1:
+        raise ValueError(f"input {H}x{W} is too small for kernel {(KH, KW)} with padding "
+                         f"{(PH, PW)} and dilation {(DH, DW)} (output {OH}x{OW})")
+    return (KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
+
+
+def _batch_chunk(N, per_image_elems, itemsize):
+    """How many images fit one column buffer (memory budget and 32-bit indices)."""
+    by_mem = col_budget_bytes() // max(1, per_image_elems * itemsize)
+    by_index = (INDEX_LIMIT - 1) // max(1, per_image_elems)
+    if by_index < 1:
+        raise ValueError(f"one image's column buffer has {per_image_elems} elements, more than "
+                         "32-bit indices allow")
+    return max(1, min(N, by_mem, by_index))
+
+
+def _im2col_into(xp, x, col, geo):
+    """x (n, C, H, W) contiguous -> col (n, C*KH*KW, OH*OW) contiguous, one launch."""
+    KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geo
+    n, C, H, W = x.shape
+    _check_index(col.size, "the column buffer")
+    _launch(xp, "im2col.cu", "im2col_" + _suffix(x.dtype), n * C * OH * OW,
+            (x, col, *[_i32(v) for v in (n, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)]))
+
+
+def _col2im_into(xp, col, x, geo):
+    KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geo
+    n, C, H, W = x.shape
+    _check_index(col.size, "the column buffer")
+    _launch(xp, "im2col.cu", "col2im_" + _suffix(x.dtype), x.size,
+            (col, x, *[_i32(v) for v in (n, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)]))
+
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
+    """x (N, C, H, W) -> col (N, C*KH*KW, OH*OW), torch.nn.functional.unfold's layout:
+    row c*KH*KW + kh*KW + kw, column oh*OW + ow; zero where the tap falls in the padding."""
+    xp = _array_module(x)
+    if x.ndim != 4:
+        raise ValueError(f"im2col expects x of shape (N, C, H, W), got {x.shape}")
+    dt = _float_dtype(x, "x")
+    x = _prep(xp, x, dt)
+    N, C, H, W = x.shape
+    geo = _conv_geometry(H, W, kernel_size, stride, padding, dilation)
+    KH, KW, OH, OW = geo[0], geo[1], geo[8], geo[9]
+    col = xp.empty((N, C * KH * KW, OH * OW), dtype=dt)
+    step = _batch_chunk(N, C * KH * KW * OH * OW, 1)  # indices only: the caller asked for all
+    for n0 in range(0, N, step):
+        _im2col_into(xp, x[n0:n0 + step], col[n0:n0 + step], geo)
+    return col
+
+
+def col2im(col, output_size, kernel_size, stride=1, padding=0, dilation=1):
+    """The adjoint of :func:`im2col` (torch fold): col (N, C*KH*KW, OH*OW) -> x (N, C, H, W),
+    each element the sum of the column entries that copy it. output_size = (H, W)."""
+    xp = _array_module(col)
+    if col.ndim != 3:
+        raise ValueError(f"col2im expects col of shape (N, C*KH*KW, L), got {col.shape}")
+    dt = _float_dtype(col, "col")
+    col = _prep(xp, col, dt)
+    H, W = _pair(output_size, "output_size")
+    geo = _conv_geometry(H, W, kernel_size, stride, padding, dilation)
+    KH, KW, OH, OW = geo[0], geo[1], geo[8], geo[9]
+    N, rows, L = col.shape
+    if rows % (KH * KW) or L != OH * OW:
+        raise ValueError(f"col of shape {col.shape} does not match kernel {(KH, KW)} and output "
+                         f"size {(H, W)}: expected (N, C*{KH * KW}, {OH * OW})")
+    C = rows // (KH * KW)
+    x = xp.empty((N, C, H, W), dtype=dt)
+    step = _batch_chunk(N, max(rows * L, C * H * W), 1)
+    for n0 in range(0, N, step):
+        _col2im_into(xp, col[n0:n0 + step], x[n0:n0 + step], geo)
+    return x
+
+
+def _conv_setup(x, w, stride, padding, dilation, groups, extra=()):
+    xp = _array_module(x, w, *extra)
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"conv2d expects x (N, C, H, W) and w (F, C/groups, KH, KW), got "
+                         f"{x.shape} and {w.shape}")
+    dt = _float_dtype(x, "x")
+    N, C, H, W = x.shape
+    F, Cg, KH, KW = w.shape
+    groups = int(groups)
+    if groups < 1 or C % groups or F % groups or Cg != C // groups:
+        raise ValueError(f"conv2d: x has {C} channels, w has shape {w.shape}, groups={groups}: "
+                         "need C and F divisible by groups and w.shape[1] == C/groups")
+    geo = _conv_geometry(H, W, (KH, KW), stride, padding, dilation)
+    return xp, dt, geo, groups
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """y (N, F, OH, OW) = conv(x (N, C, H, W), w (F, C/groups, KH, KW)) + b (F,).
+
+    im2col of a chunk of the batch, then one GEMM per group (cupy.matmul -> cuBLAS on the GPU,
+    np.matmul under the emulation): y[n, group g] = W_g (F/g, K) @ col[n, rows of g] (K, L)."""
+    xp, dt, geo, groups = _conv_setup(x, w, stride, padding, dilation, groups, (b,))
+    x, w = _prep(xp, x, dt), _prep(xp, w, dt)
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    KH, KW, OH, OW = geo[0], geo[1], geo[8], geo[9]
+    K, L, Fg = (C // groups) * KH * KW, OH * OW, F // groups
+    y = xp.empty((N, F, L), dtype=dt)
+    wg = w.reshape(groups, Fg, K)
+    step = _batch_chunk(N, C * KH * KW * L, x.itemsize)
+    for n0 in range(0, N, step):
+        n1 = min(N, n0 + step)
+        col = xp.empty((n1 - n0, C * KH * KW, L), dtype=dt)
+        _im2col_into(xp, x[n0:n1], col, geo)
+        for g in range(groups):
+            y[n0:n1, g * Fg:(g + 1) * Fg] = xp.matmul(wg[g], col[:, g * K:(g + 1) * K])
+    y = y.reshape(N, F, OH, OW)
+    if b is not None:
+        if b.shape != (F,):
+            raise ValueError(f"conv2d bias must have shape ({F},), got {b.shape}")
+        y += b.astype(dt, copy=False).reshape(1, F, 1, 1)
+    return y
+
+
+def conv2d_backward(x, w, gy, stride=1, padding=0, dilation=1, groups=1, need_x=True,
+                    need_w=True, need_b=True):
+    """Gradients of :func:`conv2d_forward` given gy (N, F, OH, OW): (gx, gw, gb), None where
+    not needed. gw_g = sum_n gy[n, g] @ col[n, g]^T; gx = col2im(W_g^T @ gy[n, g]); gb = sum gy."""
+    xp, dt, geo, groups = _conv_setup(x, w, stride, padding, dilation, groups, (gy,))
+    x, w = _prep(xp, x, dt), _prep(xp, w, dt)
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    KH, KW, OH, OW = geo[0], geo[1], geo[8], geo[9]
+    K, L, Fg = (C // groups) * KH * KW, OH * OW, F // groups
+    if gy.shape != (N, F, OH, OW):
+        raise ValueError(f"conv2d_backward: gy has shape {gy.shape}, expected {(N, F, OH, OW)}")
+    gy = _prep(xp, gy, dt).reshape(N, F, L)
+    gb = gy.sum(axis=(0, 2)) if need_b else None
+    gx = xp.empty((N, C, H, W), dtype=dt) if need_x else None
+    gw = xp.zeros((groups, Fg, K), dtype=dt) if need_w else None
+    wg = w.reshape(groups, Fg, K)
+    if need_x or need_w:
+        step = _batch_chunk(N, C * KH * KW * L, x.itemsize)
+        for n0 in range(0, N, step):
+            n1 = min(N, n0 + step)
+            if need_w:
+                col = xp.empty((n1 - n0, C * KH * KW, L), dtype=dt)
+                _im2col_into(xp, x[n0:n1], col, geo)
+                for g in range(groups):
+                    gw[g] += xp.tensordot(gy[n0:n1, g * Fg:(g + 1) * Fg],
+                                          col[:, g * K:(g + 1) * K], axes=([0, 2], [0, 2]))
+                del col
+            if need_x:
+                gcol = xp.empty((n1 - n0, C * KH * KW, L), dtype=dt)
+                for g in range(groups):
+                    gcol[:, g * K:(g + 1) * K] = xp.matmul(wg[g].T, gy[n0:n1, g * Fg:(g + 1) * Fg])
+                _col2im_into(xp, gcol, gx[n0:n1], geo)
+    return gx, (gw.reshape(w.shape) if need_w else None), gb
+
+
+# ---- LRN -------------------------------------------------------------------------------------
+
+def _lrn_setup(x, size):
+    if x.ndim < 2:
+        raise ValueError(f"LRN expects x of shape (N, C, ...), got {x.shape}")
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"LRN size must be >= 1, got {size}")
+    N, C = x.shape[:2]
+    HW = int(np.prod(x.shape[2:], dtype=np.int64))
+    _check_index(x.size, "the LRN input")
+    return size, N, C, HW
+
+
+def lrn_forward(x, size, alpha=1e-4, beta=0.75, k=2.0):
+    """Local response normalization in the AlexNet paper's form (alpha NOT divided by size).
+
+    x (N, C, ...) -> (y, scale), both x's shape and dtype:
+    scale = k + alpha * sum_{j in [c - size//2, c + (size-1)//2] clipped} x_j^2,
+    y = x * scale^-beta. One thread per (n, spatial position)."""
+    xp = _array_module(x)
+    dt = _float_dtype(x, "x")
+    x = _prep(xp, x, dt)
+    size, N, C, HW = _lrn_setup(x, size)
+    y, scale = xp.empty_like(x), xp.empty_like(x)
+    s = dt.type
+    _launch(xp, "lrn.cu", "lrn_forward_" + _suffix(dt), N * HW,
+            (x, y, scale, _i32(N), _i32(C), _i32(HW), _i32(size), s(alpha), s(beta), s(k)))
+    return y, scale
+
+
+def lrn_backward(x, y, scale, gy, size, alpha=1e-4, beta=0.75):
+    """dL/dx for :func:`lrn_forward` from its saved (y, scale) and gy (all x's shape):
+    gx_i = gy_i * scale_i^-beta - 2*alpha*beta * x_i * sum_{j in [i-(size-1)//2, i+size//2]}
+    gy_j * y_j / scale_j."""
+    xp = _array_module(x, y, scale, gy)
+    dt = _float_dtype(x, "x")
+    for name, a in (("y", y), ("scale", scale), ("gy", gy)):
+        if a.shape != x.shape:
+            raise ValueError(f"lrn_backward: {name} has shape {a.shape}, x has {x.shape}")
+    x, y, scale, gy = (_prep(xp, a, dt) for a in (x, y, scale, gy))
+    size, N, C, HW = _lrn_setup(x, size)
+    gx = xp.empty_like(x)
+    s = dt.type
+    _launch(xp, "lrn.cu", "lrn_backward_" + _suffix(dt), N * HW,
+            (x, y, scale, gy, gx, _i32(N), _i32(C), _i32(HW), _i32(size), s(alpha), s(beta)))
+    return gx
+
+
+# ---- pooling ---------------------------------------------------------------------------------
+
+def pool_output_size(size, k, s, p, ceil_mode):
+    """torch's pooling output size along one axis (a last ceil_mode window that would start in
+    the right/bottom padding is dropped)."""
+    num = size + 2 * p - (k - 1) - 1
+    out = (-(-num // s) if ceil_mode else num // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _pool_geometry(shape, kernel_size, stride, padding, ceil_mode):
+    if len(shape) != 4:
+        raise ValueError(f"pooling expects (N, C, H, W), got shape {tuple(shape)}")
+    N, C, H, W = (int(v) for v in shape)
+    KH, KW = _pair(kernel_size, "kernel_size")
+    no_stride = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
+    SH, SW = (KH, KW) if no_stride else _pair(stride, "stride")
+    PH, PW = _pair(padding, "padding")
+    if min(KH, KW, SH, SW) < 1 or min(PH, PW) < 0:
+        raise ValueError(f"invalid pooling: kernel {(KH, KW)}, stride {(SH, SW)}, padding {(PH, PW)}")
+    if PH > KH // 2 or PW > KW // 2:
+        raise ValueError(f"pooling padding {(PH, PW)} must be at most half the kernel "
+                         f"{(KH, KW)} (as torch)")
+    OH = pool_output_size(H, KH, SH, PH, ceil_mode)
+    OW = pool_output_size(W, KW, SW, PW, ceil_mode)
+    if OH < 1 or OW < 1:
+        raise ValueError(f"input {H}x{W} too small for pooling kernel {(KH, KW)} (output {OH}x{OW})")
+    _check_index(N * C * H * W, "the pooling input")
+    return N, C, H, W, OH, OW, KH, KW, SH, SW, PH, PW
+
+
+def _shape_args(g):
+    N, C, H, W, OH, OW, KH, KW, SH, SW, PH, PW = g
+    return tuple(_i32(v) for v in (N * C, H, W, OH, OW, KH, KW, SH, SW, PH, PW))
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """x (N, C, H, W) -> (y (N, C, OH, OW), argmax int32 (N, C, OH, OW) = h*W + w per plane).
+    A value wins if v > max or v is NaN (first maximum in row-major order wins ties; NaN
+    propagates); padding is -inf (never chosen)."""
+    xp = _array_module(x)
+    dt = _float_dtype(x, "x")
+    x = _prep(xp, x, dt)
+    g = _pool_geometry(x.shape, kernel_size, stride, padding, ceil_mode)
+    N, C, _, _, OH, OW = g[:6]
+    y = xp.empty((N, C, OH, OW), dtype=dt)
+    argmax = xp.empty((N, C, OH, OW), dtype=np.int32)
+    _launch(xp, "pooling.cu", "max_pool2d_forward_" + _suffix(dt), y.size,
+            (x, y, argmax, *_shape_args(g)))
+    return y, argmax
+
+
+def max_pool2d_backward(gy, argmax, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False):
+    """gx (input_shape) = for each input, the sum of gy over the windows whose argmax it is,
+    gathered from the at most ceil(k/s)^2 windows covering it (no atomics)."""
+    xp = _array_module(gy, argmax)
+    dt = _float_dtype(gy, "gy")
+    g = _pool_geometry(input_shape, kernel_size, stride, padding, ceil_mode)
+    N, C, H, W, OH, OW = g[:6]
+    if gy.shape != (N, C, OH, OW) or argmax.shape != gy.shape:
+        raise ValueError(f"max_pool2d_backward: gy {gy.shape} and argmax {argmax.shape} must "
+                         f"have the output shape {(N, C, OH, OW)}")
+    gy, argmax = _prep(xp, gy, dt), _prep(xp, argmax, np.int32)
+    gx = xp.empty((N, C, H, W), dtype=dt)
+    _launch(xp, "pooling.cu", "max_pool2d_backward_" + _suffix(dt), gx.size,
+            (gy, argmax, gx, *_shape_args(g)))
+    return gx
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                       count_include_pad=True):
+    """x (N, C, H, W) -> y (N, C, OH, OW), window mean with torch's divisor: with
+    count_include_pad the window clipped to the padded image, else its in-image part."""
+    xp = _array_module(x)
+    dt = _float_dtype(x, "x")
+    x = _prep(xp, x, dt)
+    g = _pool_geometry(x.shape, kernel_size, stride, padding, ceil_mode)
+    N, C, _, _, OH, OW = g[:6]
+    y = xp.empty((N, C, OH, OW), dtype=dt)
+    _launch(xp, "pooling.cu", "avg_pool2d_forward_" + _suffix(dt), y.size,
+            (x, y, *_shape_args(g), _i32(bool(count_include_pad))))
+    return y
+
+
+def avg_pool2d_backward(gy, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True):
+    """gx (input_shape): each input gathers gy / divisor from the windows covering it."""
+    xp = _array_module(gy)
+    dt = _float_dtype(gy, "gy")
+    g = _pool_geometry(input_shape, kernel_size, stride, padding, ceil_mode)
+    N, C, H, W, OH, OW = g[:6]
+    if gy.shape != (N, C, OH, OW):
+        raise ValueError(f"avg_pool2d_backward: gy {gy.shape} must have the output shape "
+                         f"{(N, C, OH, OW)}")
+    gy = _prep(xp, gy, dt)
+    gx = xp.empty((N, C, H, W), dtype=dt)
+    _launch(xp, "pooling.cu", "avg_pool2d_backward_" + _suffix(dt), gx.size,
+            (gy, gx, *_shape_args(g), _i32(bool(count_include_pad))))
+    return gx
+
+
+# ---- PReLU -----------------------------------------------------------------------------------
+
+def _prelu_setup(x, weight):
+    if weight.ndim != 1 or weight.size < 1:
+        raise ValueError(f"PReLU weight must have shape (C,) or (1,), got {weight.shape}")
+    shared = weight.size == 1
+    if shared:
+        C, S = 1, 1
+    else:
+        if x.ndim < 2 or x.shape[1] != weight.size:
+            raise ValueError(f"channel-wise PReLU: x {x.shape} must be (N, C, ...) with "
+                             f"C == weight.size == {weight.size}")
+        C, S = x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64))
+    _check_index(x.size, "the PReLU input")
+    return shared, C, S
+
+
+def prelu_forward(x, weight):
+    """y = x if x > 0 else a*x, with a = weight[c] (x (N, C, ...), weight (C,)) or the single
+    shared slope (weight (1,), x of any shape)."""
+    xp = _array_module(x, weight)
+    dt = _float_dtype(x, "x")
+    x, weight = _prep(xp, x, dt), _prep(xp, weight, dt)
+    shared, C, S = _prelu_setup(x, weight)
+    y = xp.empty_like(x)
+    _launch(xp, "prelu.cu", "prelu_forward_" + _suffix(dt), x.size,
+            (x, weight, y, _i32(x.size), _i32(C), _i32(S), _i32(shared)))
+    return y
+
+
+def _slope_blocks(M, G):
+    # Enough blocks per group to fill the GPU (~8 elements per thread), bounded.
+    P = max(1, min(-(-M // (BLOCK * 8)), 1024, max_blocks()))
+    return P
+
+
+def prelu_backward(x, weight, gy, need_weight=True):
+    """(gx, gw): gx = gy if x > 0 else a*gy; gw[c] = sum of gy*x over x <= 0 in channel c (or
+    over everything when shared), by a deterministic two-stage reduction. gw is None when not
+    needed."""
+    xp = _array_module(x, weight, gy)
+    dt = _float_dtype(x, "x")
+    if gy.shape != x.shape:
+        raise ValueError(f"prelu_backward: gy has shape {gy.shape}, x has {x.shape}")
+    x, weight, gy = (_prep(xp, a, dt) for a in (x, weight, gy))
+    shared, C, S = _prelu_setup(x, weight)
+    sfx = _suffix(dt)
+    gx = xp.empty_like(x)
+    _launch(xp, "prelu.cu", "prelu_backward_x_" + sfx, x.size,
+            (x, weight, gy, gx, _i32(x.size), _i32(C), _i32(S), _i32(shared)))
+    if not need_weight:
+        return gx, None
+    if shared:  # one group of all elements: N = 1 item of C*S = size consecutive terms
+        N, C, S = 1, 1, x.size
+    else:
+        N = x.shape[0]
+    G, M = C, N * S
+    if G > 65535:
+        raise ValueError(f"PReLU with {G} channels exceeds the grid's y limit 65535")
+    gw = xp.empty(weight.shape, dtype=dt)
+    if M == 0:
+        gw[...] = 0
+        return gx, gw
+    P = _slope_blocks(M, G)
+    partial = xp.empty(G * P, dtype=dt)
+    k1 = _kernel(xp, "prelu.cu", "prelu_slope_partial_" + sfx)
+    k1((P, G), (BLOCK,), (x, gy, partial, _i32(N), _i32(C), _i32(S)))
+    k2 = _kernel(xp, "prelu.cu", "prelu_slope_final_" + sfx)
+    k2((G,), (BLOCK,), (partial, gw, _i32(P)))
+    return gx, gw

@@ -1,1 +1,17 @@
-"""minidl.optim (in progress)."""
+"""Optimizers and learning-rate schedules.
+
+    from minidl.optim import SGD, decay_groups
+    from minidl.optim.lr_scheduler import MultiStepLR, Warmup
+
+    opt = SGD(decay_groups(model, 1e-4), lr=0.1, momentum=0.9)          # torch form
+    opt = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
+              style="paper")                                             # AlexNet form
+
+See :mod:`minidl.optim.sgd` for the two SGD formulas side by side.
+"""
+from minidl.optim.optimizer import Optimizer  # noqa: F401
+from minidl.optim.sgd import SGD  # noqa: F401
+from minidl.optim.groups import decay_groups  # noqa: F401
+from minidl.optim import lr_scheduler  # noqa: F401
+
+__all__ = ["Optimizer", "SGD", "decay_groups", "lr_scheduler"]

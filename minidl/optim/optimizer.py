@@ -1,0 +1,172 @@
+"""The :class:`Optimizer` base class: parameter groups, ``zero_grad``, state save/restore.
+
+An optimizer holds ``param_groups``, a list of dicts, each with a ``"params"`` list of
+Parameters and that group's hyperparameters (``lr``, ``momentum``, ...; the defaults fill in
+what a group does not set), and ``state``, a dict keyed by Parameter (Tensors hash by identity)
+holding per-parameter arrays such as the momentum buffer.
+
+``state_dict()`` follows PyTorch's layout: parameters are named by their index in the order of
+the groups (0, 1, 2, ... across all groups), so a state dict can be loaded into a fresh
+optimizer built over a fresh model with the same architecture::
+
+    {"state": {0: {"momentum_buffer": ndarray}, ...},
+     "param_groups": [{"lr": 0.1, ..., "params": [0, 1, 2]}, ...]}
+
+Everything in it is a Python number, string, bool, None, list/dict of those, or an array, so
+:func:`minidl.train.checkpoint.save_checkpoint` can store it as JSON plus ``.npy`` entries.
+"""
+import copy
+
+from minidl import backend
+from minidl.tensor import Tensor
+
+
+class _Required:
+    def __repr__(self):
+        return "<required>"
+
+
+required = _Required()
+
+
+class Optimizer:
+    """Base class. Subclasses implement :meth:`step` and call ``super().__init__(params,
+    defaults)`` with a dict of their default hyperparameters."""
+
+    def __init__(self, params, defaults):
+        self.defaults = dict(defaults)
+        self.param_groups = []
+        self.state = {}
+        if isinstance(params, Tensor):
+            raise TypeError("params must be an iterable of Parameters or of dicts (param groups), "
+                            "not a single Tensor; wrap it in a list")
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        for g in groups:
+            self.add_param_group(g)
+
+    # -- groups ------------------------------------------------------------------------------
+    def add_param_group(self, param_group):
+        """Add a dict with ``"params"`` (and optional hyperparameters) as a new group.
+
+        Missing hyperparameters take the optimizer's defaults; a parameter may be in one group
+        only (the order of parameters is kept: it names them in ``state_dict``)."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"a param group must be a dict, got {type(param_group).__name__}")
+        group = dict(param_group)
+        params = group.get("params")
+        if params is None:
+            raise ValueError("a param group needs a 'params' entry")
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, (set, frozenset)):
+            raise TypeError("a param group's params must be an ordered sequence, not a set "
+                            "(the order names the parameters in state_dict)")
+        params = list(params)
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"param group entry {i} is a {type(p).__name__}, expected a "
+                                "Parameter (Tensor)")
+            if not p.requires_grad:
+                raise ValueError(f"param group entry {i} (shape {p.shape}) does not require grad")
+        group["params"] = params
+        for name, default in self.defaults.items():
+            if default is required and name not in group:
+                raise ValueError(f"param group does not set the required hyperparameter {name!r}")
+            group.setdefault(name, default)
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if len({id(p) for p in params}) != len(params) or any(id(p) in seen for p in params):
+            raise ValueError("some parameters appear in more than one param group (or twice in "
+                             "one); each parameter must be in exactly one group")
+        self._check_group(group)
+        self.param_groups.append(group)
+
+    def _check_group(self, group):
+        """Subclasses validate a group's hyperparameters here."""
+
+    def _params(self):
+        for g in self.param_groups:
+            yield from g["params"]
+
+    # -- gradients ---------------------------------------------------------------------------
+    def zero_grad(self, set_to_none=True):
+        """Forget every parameter's gradient (``.grad = None``; gradients accumulate)."""
+        for p in self._params():
+            p.grad = None
+
+    def step(self, closure=None):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} does not implement step()")
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self):
+        """``{"state": {index: {name: array or number}}, "param_groups": [...]}`` (copies).
+
+        Parameters are replaced by their index in group order, as in PyTorch."""
+        index = {}
+        groups = []
+        for g in self.param_groups:
+            packed = {k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
+            ids = []
+            for p in g["params"]:
+                index.setdefault(id(p), len(index))
+                ids.append(index[id(p)])
+            packed["params"] = ids
+            groups.append(packed)
+        state = {}
+        for p in self._params():
+            if p in self.state:
+                state[index[id(p)]] = {k: (v.copy() if hasattr(v, "copy") else v)
+                                       for k, v in self.state[p].items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore hyperparameters and per-parameter state saved by :meth:`state_dict`.
+
+        The groups must have the same sizes as when saved. Arrays are copied onto each
+        parameter's device and cast to its dtype. (Integer keys that went through JSON as
+        strings are accepted.)"""
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"loaded state dict has {len(saved_groups)} param groups, this "
+                             f"optimizer has {len(self.param_groups)}")
+        for i, (sg, g) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(sg["params"]) != len(g["params"]):
+                raise ValueError(f"param group {i}: the loaded state dict has "
+                                 f"{len(sg['params'])} parameters, this optimizer has "
+                                 f"{len(g['params'])}")
+        by_index = {}
+        for sg, g in zip(saved_groups, self.param_groups):
+            for idx, p in zip(sg["params"], g["params"]):
+                by_index[int(idx)] = p
+        new_state = {}
+        for idx, st in state_dict["state"].items():
+            p = by_index.get(int(idx))
+            if p is None:
+                raise ValueError(f"loaded optimizer state refers to parameter {idx}, which no "
+                                 "param group has")
+            entry = {}
+            for k, v in st.items():
+                if hasattr(v, "shape") and hasattr(v, "dtype") and getattr(v, "ndim", 0) > 0:
+                    if tuple(v.shape) != p.shape:
+                        raise ValueError(f"optimizer state {k!r} of parameter {idx} has shape "
+                                         f"{tuple(v.shape)}, the parameter {p.shape}")
+                    v = backend.to_device(v, p.device).astype(p.dtype, copy=True)
+                entry[k] = v
+            new_state[p] = entry
+        self.state = new_state
+        for sg, g in zip(saved_groups, self.param_groups):
+            for k, v in sg.items():
+                if k != "params":
+                    g[k] = copy.deepcopy(v)
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for k in sorted(g):
+                if k != "params":
+                    lines.append(f"    {k}: {g[k]}")
+        lines.append(")")
+        return "\n".join(lines)

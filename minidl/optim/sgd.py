@@ -1,0 +1,135 @@
+"""Stochastic gradient descent with momentum, in PyTorch's form and in the AlexNet paper's form.
+
+With g the gradient, w the weight, lr the learning rate, m the momentum, wd the weight decay and
+d the dampening, one ``step()`` does, per parameter::
+
+    style="torch" (PyTorch's exact SGD)          style="paper" (AlexNet, cuda-convnet)
+    ---------------------------------------      ---------------------------------------
+    g' = g + wd * w                              v = m * v - wd * lr * w - lr * g
+    b  = g'                    (first step)      w = w + v
+    b  = m * b + (1 - d) * g'  (later steps)     (v starts at 0)
+    g' = g' + m * b   if nesterov else b
+    w  = w - lr * g'
+
+(with m = 0 the torch form is plain ``w -= lr * (g + wd * w)``, and no buffer is kept).
+
+The two agree exactly in exact arithmetic while lr is constant and d = 0, nesterov off: the
+paper's v is then ``-lr * b``. They differ after the learning rate changes: the torch buffer b
+holds past *gradients* and is multiplied by the new rate, while the paper's v holds past
+*updates* that already carry the old rate, so the old, larger steps fade out over ~1/(1-m)
+iterations instead of shrinking at once. AlexNet was trained with the paper form
+(lr 0.01, m 0.9, wd 0.0005); the ResNets with the torch/Caffe form. ``dampening`` and
+``nesterov`` belong to the torch form only.
+
+Updates are in place on each ``p.data`` array (NumPy or CuPy, through the array's own
+operators), so Parameters keep their identity and their memory; momentum buffers live on the
+parameter's device (moved there if the model was moved after the optimizer was built).
+"""
+import numbers
+
+from minidl import backend
+from minidl.optim.optimizer import Optimizer, required
+from minidl.tensor import enable_grad
+
+STYLES = ("torch", "paper")
+
+
+class SGD(Optimizer):
+    """``SGD(params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False, style="torch")``
+
+    ``params``: an iterable of Parameters, or of dicts (param groups) each with ``"params"`` and
+    any of the hyperparameters above to override them for that group (e.g. the groups of
+    :func:`minidl.optim.decay_groups`). The formulas are in the module docstring.
+    """
+
+    def __init__(self, params, lr=required, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, style="torch"):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=nesterov, style=style)
+        super().__init__(params, defaults)
+
+    def _check_group(self, g):
+        lr, m, d, wd = g["lr"], g["momentum"], g["dampening"], g["weight_decay"]
+        if not (isinstance(lr, numbers.Real) and lr >= 0):
+            raise ValueError(f"SGD: invalid learning rate {lr!r} (expected a number >= 0)")
+        if m < 0:
+            raise ValueError(f"SGD: invalid momentum {m} (expected >= 0)")
+        if wd < 0:
+            raise ValueError(f"SGD: invalid weight_decay {wd} (expected >= 0)")
+        if g["style"] not in STYLES:
+            raise ValueError(f"SGD: style must be one of {STYLES}, got {g['style']!r}")
+        if g["nesterov"] and (m <= 0 or d != 0):
+            raise ValueError("SGD: nesterov momentum requires momentum > 0 and dampening = 0")
+        if g["style"] == "paper" and (d != 0 or g["nesterov"]):
+            raise ValueError("SGD: dampening and nesterov are options of style='torch'; the "
+                             "paper form is v = m*v - wd*lr*w - lr*g, w += v")
+
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient (parameters with ``.grad`` None
+        are skipped). ``closure``, if given, is called (with grad enabled) first and its value
+        returned, as in PyTorch."""
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+        for g in self.param_groups:
+            lr, m, d, wd = g["lr"], g["momentum"], g["dampening"], g["weight_decay"]
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.data
+                if backend.device_of(grad) != p.device:
+                    raise backend.DeviceError(f"SGD: a parameter of shape {p.shape} is on "
+                                              f"{p.device} but its gradient on "
+                                              f"{backend.device_of(grad)}")
+                if g["style"] == "paper":
+                    self._paper_update(p, grad, lr, m, wd)
+                else:
+                    self._torch_update(p, grad, lr, m, d, wd, g["nesterov"])
+        return loss
+
+    def _buffer(self, p, name):
+        st = self.state.get(p)
+        if st is None:
+            return None
+        buf = st.get(name)
+        if buf is not None and backend.device_of(buf) != p.device:
+            buf = backend.to_device(buf, p.device)  # the model moved after we were built
+            st[name] = buf
+        return buf
+
+    def _torch_update(self, p, grad, lr, m, d, wd, nesterov):
+        w = p.data
+        if wd != 0:
+            grad = grad + wd * w
+        if m != 0:
+            buf = self._buffer(p, "momentum_buffer")
+            if buf is None:
+                buf = grad.copy()
+                self.state.setdefault(p, {})["momentum_buffer"] = buf
+            else:
+                buf *= m
+                buf += (1 - d) * grad
+            grad = grad + m * buf if nesterov else buf
+        _update(p, -lr * grad)
+
+    def _paper_update(self, p, grad, lr, m, wd):
+        w = p.data
+        v = self._buffer(p, "velocity")
+        if v is None:
+            xp = backend.get_array_module(w)
+            v = xp.zeros_like(w)
+            self.state.setdefault(p, {})["velocity"] = v
+        v *= m
+        if wd != 0:
+            v -= (wd * lr) * w
+        v -= lr * grad
+        _update(p, v)
+
+
+def _update(p, delta):
+    """``p.data += delta`` in place (a fresh array only if the data cannot be written)."""
+    try:
+        p.data += delta
+    except ValueError:  # a read-only NumPy array (e.g. a broadcast view): replace it
+        p.data = p.data + delta

@@ -1,0 +1,222 @@
+"""A reusable training epoch and evaluation pass (no Trainer class: a script owns its loop).
+
+::
+
+    from minidl.train import train_one_epoch, evaluate, save_checkpoint, EpochLog
+
+    step = 0
+    for epoch in range(start_epoch, epochs):
+        tr = train_one_epoch(model, train_loader, opt, F.cross_entropy, device,
+                             scheduler=sched, scheduler_per="iter", start_step=step)
+        step = tr["step"]
+        va = evaluate(model, val_loader, device)
+        log.append(epoch=epoch, train_loss=tr["loss"], train_top1=tr["top1"], ...)
+        save_checkpoint(path, model, opt, sched, train_loader, epoch=epoch + 1, step=step)
+
+Each NumPy batch from the loader is moved to ``device`` with ``minidl.Tensor(x, device=...)``
+(the only device-specific line), so the same loop runs on "cpu" and "cuda". A NaN or infinite
+loss raises :class:`NonFiniteLossError` naming the step *before* the weights are touched, so the
+last checkpoint (and the model in memory) stay good.
+"""
+import math
+import time
+
+import numpy as np
+
+from minidl import backend
+from minidl.tensor import Tensor, no_grad
+from minidl.train.metrics import AverageMeter, topk_correct
+from minidl.train.progress import Progress
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; ``step``, ``epoch``, ``batch`` and ``value`` say where."""
+
+    def __init__(self, step, value, epoch=None, batch=None):
+        self.step, self.value, self.epoch, self.batch = step, value, epoch, batch
+        where = f"step {step}"
+        if epoch is not None:
+            where += f" (epoch {epoch}, batch {batch} of this epoch)"
+        elif batch is not None:
+            where += f" (batch {batch} of this epoch)"
+        super().__init__(f"non-finite loss {value} at {where}; training stopped before this "
+                         "step's update, so the weights and the last saved checkpoint are "
+                         "good — lower the learning rate or check the data, then resume")
+
+
+def model_device(model):
+    """The device of the model's first parameter ("cpu" for a model without parameters)."""
+    for p in model.parameters():
+        return p.device
+    return "cpu"
+
+
+def _make_progress(progress, total, desc):
+    if isinstance(progress, Progress):
+        return progress, False
+    if progress is False or progress is None:
+        return Progress(total, desc=desc, quiet=True), True
+    return Progress(total, desc=desc, quiet=None if progress is True else False), True
+
+
+def _total(loader):
+    ds = getattr(loader, "dataset", None)
+    try:
+        return len(ds) if ds is not None else None
+    except TypeError:
+        return None
+
+
+def _lr(optimizer):
+    return optimizer.param_groups[0]["lr"] if optimizer.param_groups else float("nan")
+
+
+def _step_scheduler(scheduler, metric):
+    if getattr(scheduler, "wants_metric", False):
+        scheduler.step(metric)
+    else:
+        scheduler.step()
+
+
+def train_one_epoch(model, loader, optimizer, loss_fn, device=None, scheduler=None,
+                    scheduler_per="iter", progress=True, on_step=None, epoch=None,
+                    start_step=0, ks=(1, 5)):
+    """Train on every batch ``loader`` yields (from its current position): forward, loss,
+    NaN/Inf check, ``zero_grad``, backward, ``optimizer.step()``.
+
+    * ``loss_fn(output, target) -> scalar Tensor`` (e.g. ``F.cross_entropy``); the target is a
+      Tensor of the labels on ``device`` (default: the model's device).
+    * ``scheduler``: stepped after every update (``scheduler_per="iter"``) or once at the end
+      of the epoch (``"epoch"``). A scheduler whose ``wants_metric`` is true (ReduceLROnPlateau,
+      Warmup with ``until``) gets the training top-1 error: the batch's per iteration, the
+      epoch's per epoch.
+    * ``progress``: True (a bar when stderr is a terminal), False (none), or a Progress.
+    * ``on_step(info)``: called after each update with a dict ``step`` (the global step count,
+      ``start_step`` + updates so far), ``epoch``, ``batch``, ``loss``, ``top1`` (the batch's
+      error), ``lr`` (the rate this update used), ``samples``. Returning True stops the epoch
+      right there (e.g. to save a checkpoint mid-epoch and quit); the epoch scheduler is then not
+      stepped.
+
+    Returns ``{"loss", "top1", "top5", ... (averages over the samples seen), "samples", "steps",
+    "step" (global), "lr", "time", "stopped"}``. Raises :class:`NonFiniteLossError`.
+    """
+    if scheduler_per not in ("iter", "epoch"):
+        raise ValueError(f"scheduler_per must be 'iter' or 'epoch', got {scheduler_per!r}")
+    device = backend.normalize_device(device) if device is not None else model_device(model)
+    model.train()
+    loss_meter = AverageMeter("loss")
+    correct = [0] * len(ks)
+    seen = 0
+    steps = 0
+    stopped = False
+    t0 = time.perf_counter()
+    desc = f"epoch {epoch}" if epoch is not None else "train"
+    bar, own_bar = _make_progress(progress, _total(loader), desc)
+    try:
+        for batch_idx, (images, labels) in enumerate(loader):
+            x = Tensor(images, device=device)
+            y = Tensor(np.asarray(labels) if not hasattr(labels, "shape") else labels,
+                       device=device)
+            lr = _lr(optimizer)
+            out = model(x)
+            loss = loss_fn(out, y)
+            value = float(loss.item())
+            step = start_step + steps + 1
+            if not math.isfinite(value):
+                raise NonFiniteLossError(step, value, epoch, batch_idx)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            n = int(x.shape[0])
+            seen += n
+            loss_meter.update(value, n)
+            c = topk_correct(out.data, y.data, ks)
+            correct = [a + b for a, b in zip(correct, c)]
+            batch_top1 = 1.0 - c[0] / n
+            if scheduler is not None and scheduler_per == "iter":
+                _step_scheduler(scheduler, batch_top1)
+            bar.update(n, loss=value, lr=lr)
+            if on_step is not None:
+                info = {"step": step, "epoch": epoch, "batch": batch_idx, "loss": value,
+                        "top1": batch_top1, "lr": lr, "samples": n}
+                if on_step(info):
+                    stopped = True
+                    break
+    finally:
+        if own_bar:
+            bar.close()
+    result = {"loss": loss_meter.avg}
+    for k, c in zip(ks, correct):
+        result[f"top{k}"] = 1.0 - c / seen if seen else float("nan")
+    if scheduler is not None and scheduler_per == "epoch" and not stopped and steps:
+        _step_scheduler(scheduler, result.get(f"top{ks[0]}"))
+    result.update(samples=seen, steps=steps, step=start_step + steps, lr=_lr(optimizer),
+                  time=time.perf_counter() - t0, stopped=stopped)
+    return result
+
+
+def _log_softmax(xp, z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+
+
+def evaluate(model, loader, device=None, ten_crop=False, loss_fn=None, progress=False,
+             ks=(1, 5)):
+    """Loss and top-k errors of ``model`` (in eval mode, without gradients) over ``loader``.
+
+    The loss is the mean cross-entropy of the softmax of the outputs (or ``loss_fn(output,
+    target)`` averaged over batches weighted by size, if given). ``ten_crop=True``: each batch
+    is ``(N, V, C, H, W)`` (e.g. V = 10 views from ``transforms.TenCrop``); the model sees the
+    N*V views and the V softmaxes of a sample are averaged (AlexNet's test), the loss being
+    ``-log`` of the averaged probability of the target. The model's train/eval mode is restored.
+
+    Returns ``{"loss", "top1", "top5", "samples"}`` (errors in [0, 1]).
+    """
+    device = backend.normalize_device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.eval()
+    loss_sum, seen = 0.0, 0
+    correct = [0] * len(ks)
+    bar, own_bar = _make_progress(progress, _total(loader), "eval")
+    try:
+        with no_grad():
+            for images, labels in loader:
+                x = Tensor(images, device=device)
+                y = Tensor(np.asarray(labels) if not hasattr(labels, "shape") else labels,
+                           device=device)
+                n = int(x.shape[0])
+                if ten_crop:
+                    if x.ndim != 5:
+                        raise ValueError(f"evaluate(ten_crop=True) expects (N, V, C, H, W) "
+                                         f"batches, got shape {x.shape}")
+                    v = x.shape[1]
+                    out = model(x.reshape(n * v, *x.shape[2:])).data
+                    xp = backend.get_array_module(out)
+                    logp = _log_softmax(xp, out.astype(xp.float64))
+                    scores = xp.exp(logp).reshape(n, v, -1).mean(axis=1)
+                    tgt = y.data.astype(xp.int64)
+                    loss_sum += float(-xp.log(scores[xp.arange(n), tgt]).sum())
+                else:
+                    out = model(x)
+                    scores = out.data
+                    if loss_fn is not None:
+                        loss_sum += float(loss_fn(out, y).item()) * n
+                    else:
+                        xp = backend.get_array_module(scores)
+                        logp = _log_softmax(xp, scores.astype(xp.float64))
+                        tgt = y.data.astype(xp.int64)
+                        loss_sum += float(-logp[xp.arange(n), tgt].sum())
+                c = topk_correct(scores, y.data, ks)
+                correct = [a + b for a, b in zip(correct, c)]
+                seen += n
+                bar.update(n)
+    finally:
+        if own_bar:
+            bar.close()
+        model.train(was_training)
+    result = {"loss": loss_sum / seen if seen else float("nan")}
+    for k, c in zip(ks, correct):
+        result[f"top{k}"] = 1.0 - c / seen if seen else float("nan")
+    result["samples"] = seen
+    return result

@@ -2,13 +2,14 @@
 test_lr_scheduler*, test_train*, test_checkpoint*). Importable from a subprocess too (the resume
 test runs scripts that put this directory on sys.path).
 
-Everything is built from minidl.Tensor ops and Parameters only, so these tests do not depend on
-minidl.nn layers or minidl.functional; where those exist, the tests that want them use them.
+The Tiny* modules are built from minidl.Tensor ops and Parameters only (the optimizer tests do
+not depend on minidl.nn layers); ``nn_mlp`` and the CNN tests use the real layers.
 """
 import numpy as np
 
 import minidl
 from minidl import random as mrandom
+from minidl.data import Dataset
 from minidl.nn import Module, Parameter, init
 
 
@@ -86,7 +87,9 @@ def blobs(n_per_class=32, n_classes=4, dim=8, seed=0, spread=0.6):
     return x.astype(np.float32), y.astype(np.int64)
 
 
-class ArrayDataset:
+class ArrayDataset(Dataset):
+    """In-memory (x, y) arrays as a minidl.data Dataset."""
+
     def __init__(self, x, y):
         self.x, self.y = x, y
 
@@ -94,42 +97,35 @@ class ArrayDataset:
         return len(self.x)
 
     def __getitem__(self, i):
-        return self.x[i], self.y[i]
+        return self.x[i], int(self.y[i])
 
 
-class StandInLoader:
-    """The DataLoader contract the training stack relies on, for tests: yields NumPy (x, y)
-    batches in an order drawn from (seed, epoch); ``state_dict()`` holds epoch and position
-    (batches already yielded in this epoch); iteration continues from there, and a finished
-    pass moves to the next epoch."""
+def nn_mlp(n_in=8, hidden=32, n_out=4, p_drop=0.0, batchnorm=False, prelu=False):
+    """An MLP from minidl.nn layers (Linear, optional BatchNorm1d, ReLU or PReLU, Dropout)."""
+    from minidl import nn
+    layers = [nn.Linear(n_in, hidden)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(hidden))
+    layers += [nn.PReLU() if prelu else nn.ReLU(), nn.Dropout(p_drop), nn.Linear(hidden, n_out)]
+    return nn.Sequential(*layers)
 
-    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=0):
-        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
-        self.drop_last, self.seed = drop_last, seed
-        self.epoch, self.position = 0, 0
 
-    def __len__(self):
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def _order(self):
-        n = len(self.dataset)
-        if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(n)
-
-    def __iter__(self):
-        order = self._order()
-        while self.position < len(self):
-            idx = order[self.position * self.batch_size:(self.position + 1) * self.batch_size]
-            xs, ys = zip(*(self.dataset[int(i)] for i in idx))
-            self.position += 1
-            yield np.stack(xs), np.asarray(ys, dtype=np.int64)
-        self.epoch += 1
-        self.position = 0
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, st):
-        self.epoch, self.position = int(st["epoch"]), int(st["position"])
+def bars(n_per_class=16, size=8, seed=0):
+    """A tiny generated image problem: 3 classes of 1x(size)x(size) images holding a horizontal
+    bar, a vertical bar or a diagonal, at a random place, plus noise."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for cls in range(3):
+        for _ in range(n_per_class):
+            img = rng.normal(0, 0.2, (1, size, size))
+            k = rng.integers(1, size - 1)
+            if cls == 0:
+                img[0, k, :] += 1.0
+            elif cls == 1:
+                img[0, :, k] += 1.0
+            else:
+                d = np.arange(size)
+                img[0, d, (d + k) % size] += 1.0
+            xs.append(img)
+            ys.append(cls)
+    return np.stack(xs).astype(np.float32), np.asarray(ys, dtype=np.int64)

@@ -95,6 +95,7 @@ def plot_curves(log_path, png_path, title=None):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except Exception:
         print("minidl: matplotlib is not installed; no learning-curve PNG was drawn "
               "(pip install matplotlib)", file=sys.stderr)
@@ -107,17 +108,18 @@ def plot_curves(log_path, png_path, title=None):
     for split, style in (("train", "-"), ("val", "--")):
         xs, ys = _series(records, f"{split}_loss")
         if xs:
-            ax_loss.plot(xs, ys, style, color="C0", label=f"{split} loss")
+            ax_loss.plot(xs, ys, style, color="C0", marker=".", label=f"{split} loss")
         for key, color in (("top1", "C1"), ("top5", "C2")):
             xs, ys = _series(records, f"{split}_{key}")
             if xs:
-                ax_err.plot(xs, [100 * y for y in ys], style, color=color,
+                ax_err.plot(xs, [100 * y for y in ys], style, color=color, marker=".",
                             label=f"{split} {key[:3]}-{key[3:]} error")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_err.set_xlabel("epoch")
     ax_err.set_ylabel("error (%)")
     for ax in (ax_loss, ax_err):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()

@@ -206,3 +206,44 @@ def test_cnn_learns_bars_to_near_zero_training_error():
     ev = evaluate(model, _loader(x, y, batch_size=60, shuffle=False))
     assert first["top1"] > 0.3
     assert ev["top1"] <= 0.02 and ev["loss"] < 0.1
+
+
+def test_the_module_docstring_recipe_runs_and_resumes(tmp_path):
+    """minidl.train.loop's example script, run for 3 epochs, then 2 more after a resume."""
+    from minidl.optim.lr_scheduler import MultiStepLR
+    from minidl.train import EpochLog, load_checkpoint, plot_curves, read_jsonl, save_checkpoint
+
+    x, y = blobs(n_per_class=8)
+    path, log_path = tmp_path / "ckpt.npz", tmp_path / "run.jsonl"
+
+    def run(epochs, resume):
+        minidl.manual_seed(0)
+        model = nn_mlp(p_drop=0.2)
+        opt = SGD(decay_groups(model, 1e-4), lr=0.1, momentum=0.9)
+        sched = MultiStepLR(opt, [10], 0.1)
+        train_loader = _loader(x, y, seed=1)
+        val_loader = _loader(x, y, batch_size=32, shuffle=False)
+        device = "cpu"
+        step = 0
+        if resume:
+            step = load_checkpoint(path, model, opt, sched, train_loader)["step"]
+        log = EpochLog(log_path)
+        while train_loader.state_dict()["epoch"] < epochs:
+            epoch = train_loader.state_dict()["epoch"]
+            tr = train_one_epoch(model, train_loader, opt, F.cross_entropy, device,
+                                 scheduler=sched, scheduler_per="iter", start_step=step,
+                                 epoch=epoch, progress=False)
+            step = tr["step"]
+            va = evaluate(model, val_loader, device)
+            log.append(epoch=epoch, lr=tr["lr"], train_loss=tr["loss"], train_top1=tr["top1"],
+                       train_top5=tr["top5"], val_loss=va["loss"], val_top1=va["top1"],
+                       val_top5=va["top5"])
+            save_checkpoint(path, model, opt, sched, train_loader, step=step, epoch=epoch + 1)
+        return step, opt
+
+    assert run(3, resume=False)[0] == 12
+    step, opt = run(5, resume=True)
+    assert step == 20 and opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert [r["epoch"] for r in read_jsonl(log_path)] == [0, 1, 2, 3, 4]
+    pytest.importorskip("matplotlib")
+    assert plot_curves(log_path, tmp_path / "curves.png").exists()

@@ -2,16 +2,29 @@
 
 ::
 
-    from minidl.train import train_one_epoch, evaluate, save_checkpoint, EpochLog
+    import minidl.functional as F
+    from minidl.train import (EpochLog, evaluate, load_checkpoint, plot_curves,
+                              save_checkpoint, train_one_epoch)
 
     step = 0
-    for epoch in range(start_epoch, epochs):
+    if resume:                                   # continues exactly, even mid-epoch
+        step = load_checkpoint(path, model, opt, sched, train_loader)["step"]
+    log = EpochLog("run.jsonl")
+    while train_loader.state_dict()["epoch"] < epochs:
+        epoch = train_loader.state_dict()["epoch"]
         tr = train_one_epoch(model, train_loader, opt, F.cross_entropy, device,
-                             scheduler=sched, scheduler_per="iter", start_step=step)
+                             scheduler=sched, scheduler_per="iter", start_step=step,
+                             epoch=epoch)
         step = tr["step"]
         va = evaluate(model, val_loader, device)
-        log.append(epoch=epoch, train_loss=tr["loss"], train_top1=tr["top1"], ...)
-        save_checkpoint(path, model, opt, sched, train_loader, epoch=epoch + 1, step=step)
+        log.append(epoch=epoch, lr=tr["lr"], train_loss=tr["loss"], train_top1=tr["top1"],
+                   train_top5=tr["top5"], val_loss=va["loss"], val_top1=va["top1"],
+                   val_top5=va["top5"])
+        save_checkpoint(path, model, opt, sched, train_loader, step=step, epoch=epoch + 1)
+    plot_curves("run.jsonl", "curves.png")
+
+(The data loader counts epochs: running to the end of one advances its ``epoch``, so the loop
+above needs no epoch variable of its own and resumes in the right place.)
 
 Each NumPy batch from the loader is moved to ``device`` with ``minidl.Tensor(x, device=...)``
 (the only device-specific line), so the same loop runs on "cpu" and "cuda". A NaN or infinite

@@ -37,7 +37,8 @@ def decay_groups(model, weight_decay, no_decay=("prelu",), exempt_bias=False, ex
 
     ``exempt_bias=True`` adds ``"bias"``, ``exempt_norm=True`` adds ``"batchnorm"``.
     ``group_options`` (e.g. ``lr=...``) are copied into both groups. A parameter shared between
-    modules is classified by its first owner (the order of ``named_parameters``).
+    modules is classified by its first owner; frozen parameters are included, as in
+    ``model.parameters()`` (they have no gradient, so SGD skips them).
     """
     entries = list(no_decay) if not isinstance(no_decay, str) else [no_decay]
     if exempt_bias:
@@ -50,8 +51,6 @@ def decay_groups(model, weight_decay, no_decay=("prelu",), exempt_bias=False, ex
             if p is None or id(p) in seen:
                 continue
             seen.add(id(p))
-            if not p.requires_grad:
-                continue
             dotted = f"{mname}.{n}" if mname else n
             if any(_matches(e, m, n, dotted) for e in entries):
                 exempt.append(p)

@@ -69,8 +69,6 @@ class Optimizer:
             if not isinstance(p, Tensor):
                 raise TypeError(f"param group entry {i} is a {type(p).__name__}, expected a "
                                 "Parameter (Tensor)")
-            if not p.requires_grad:
-                raise ValueError(f"param group entry {i} (shape {p.shape}) does not require grad")
         group["params"] = params
         for name, default in self.defaults.items():
             if default is required and name not in group:

@@ -111,7 +111,12 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device=None, scheduler=No
       stepped.
 
     Returns ``{"loss", "top1", "top5", ... (averages over the samples seen), "samples", "steps",
-    "step" (global), "lr", "time", "stopped"}``. Raises :class:`NonFiniteLossError`.
+    "step" (global), "lr", "time", "stopped"}``.
+
+    Raises :class:`NonFiniteLossError` when the loss is NaN or infinite, before that step's
+    backward and update: the parameters and optimizer state are those after the previous step
+    (buffers such as batch-norm running statistics did see the failing forward pass), and the
+    last checkpoint saved is untouched — reload it to continue.
     """
     if scheduler_per not in ("iter", "epoch"):
         raise ValueError(f"scheduler_per must be 'iter' or 'epoch', got {scheduler_per!r}")

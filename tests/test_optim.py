@@ -197,7 +197,7 @@ def test_torch_style_matches_torch_optim_sgd(kw):
         np.testing.assert_allclose(w, tp.detach().numpy(), rtol=1e-12, atol=1e-13)
 
 
-# -- float32, identity, devices ---------------------------------------------------------------------
+# -- float32, identity, devices --------------------------------------------------------------------
 
 def test_float32_update_stays_float32_in_place(device):
     p = _param(np.ones((2, 3)), dtype=np.float32, device=device)
@@ -266,7 +266,7 @@ def test_invalid_arguments_raise():
         SGD([{"params": {p}}], lr=0.1)
 
 
-# -- param groups and decay_groups ------------------------------------------------------------------
+# -- param groups and decay_groups -----------------------------------------------------------------
 
 def test_param_groups_have_their_own_hyperparameters():
     p, q = _param([1.0]), _param([1.0])
@@ -331,7 +331,7 @@ def test_no_decay_group_keeps_slope_while_weights_decay():
     np.testing.assert_allclose(m.fc1.weight.numpy(), w0 * 0.944379, rtol=1e-5)
 
 
-# -- state round trips -------------------------------------------------------------------------------
+# -- state round trips -----------------------------------------------------------------------------
 
 def _json_round_trip(sd):
     """The state through JSON + separate arrays, as a checkpoint stores it."""

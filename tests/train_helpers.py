@@ -46,7 +46,8 @@ class TinyReLU(Module):
 
 
 class PReLU(Module):
-    """A stand-in for nn.PReLU (same class name, so decay_groups matches it): a channel-shared PReLU: f(y) = max(0, y) + a * min(0, y)."""
+    """A stand-in for nn.PReLU (same class name, so decay_groups matches it), channel-shared:
+    f(y) = max(0, y) + a * min(0, y)."""
 
     def __init__(self, init_a=0.25):
         super().__init__()

@@ -31,7 +31,8 @@ def decay_groups(model, weight_decay, no_decay=("prelu",), exempt_bias=False, ex
     A parameter is exempt when an entry of ``no_decay`` matches it. An entry matches
 
     * the type of the module that owns the parameter (or a base class of it),
-      case-insensitively: ``"prelu"`` (PReLU slopes), ``"batchnorm"`` (any BatchNorm1d/2d), ``"linear"``, a class name of your own;
+      case-insensitively: ``"prelu"`` (PReLU slopes), ``"batchnorm"`` (any BatchNorm1d/2d),
+      ``"linear"``, a class name of your own;
     * or the parameter's own name in its module: ``"bias"``, ``"weight"``;
     * or, as an ``fnmatch`` pattern, its dotted name in the model: ``"fc*.bias"``.
 

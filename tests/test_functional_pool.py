@@ -138,6 +138,13 @@ def test_max_pool_nan_propagates():
     assert np.isnan(y[0, 0, 0, 0]) and not np.isnan(y[0, 0, 1, 1])
     ref, _ = naive_max_pool(x, (2, 2), (2, 2), (0, 0), False)
     np.testing.assert_array_equal(y, ref)
+    # two NaNs in one window: the later one wins (v > max || isnan(v) scanned row-major)
+    x[0, 0, 0, 3], x[0, 0, 1, 2] = np.nan, np.nan
+    xt = Tensor(x, requires_grad=True)
+    y = F.max_pool2d(xt, 2, 2)
+    ref, ref_idx = naive_max_pool(x, (2, 2), (2, 2), (0, 0), False)
+    np.testing.assert_array_equal(y._ctx.arg, ref_idx)
+    assert ref_idx[0, 0, 0, 1] == 1 * 4 + 2
 
 
 def test_max_pool_all_minus_inf_window_points_inside_the_input():

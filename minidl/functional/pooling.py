@@ -69,22 +69,36 @@ def _max_pool_forward(x, k, s, p, ceil_mode):
     n, c, h, w = x.shape
     oh, ow = _pool_geometry("max_pool2d", x.shape, k, s, p, ceil_mode)
     xpad = _padded(x, k, s, p, oh, ow, -np.inf)
-    # the first valid (non-padding) position of each window is the default winner, as when
-    # every input is -inf
-    hs = np.maximum(np.arange(oh) * s[0] - p[0], 0)
-    ws = np.maximum(np.arange(ow) * s[1] - p[1], 0)
+    has_nan = bool(xp.isnan(x).any())
+    # running maximum and the window offset o = kh*KW + kw it came from; -1: nothing won yet
     best = xp.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
-    arg = xp.broadcast_to(xp.asarray((hs[:, None] * w + ws[None, :]).astype(np.int32)),
-                          (n, c, oh, ow)).copy()
-    hrow = np.arange(oh) * s[0] - p[0]
-    wcol = np.arange(ow) * s[1] - p[1]
+    ctype = np.int16 if k[0] * k[1] < 2 ** 15 else np.int32
+    code = xp.full((n, c, oh, ow), -1, dtype=ctype)
     for i in range(k[0]):
         for j in range(k[1]):
             v = _offset_view(xpad, i, j, s, oh, ow)
-            win = (v > best) | xp.isnan(v)
-            idx = xp.asarray(((hrow[:, None] + i) * w + (wcol[None, :] + j)).astype(np.int32))
-            xp.copyto(best, v, where=win)
-            xp.copyto(arg, xp.broadcast_to(idx, arg.shape), where=win)
+            o = i * k[1] + j
+            win = v > best
+            if has_nan:  # the exact rule, v > max || isnan(v): a later NaN replaces a NaN
+                win |= xp.isnan(v)
+                xp.copyto(best, v, where=win)
+            else:        # without NaN, max() keeps exactly the values the rule keeps
+                xp.maximum(best, v, out=best)
+            # code = where(win, o, code), branch-free (masked copies are slow on random masks)
+            code += win * (code.dtype.type(o) - code)
+    # per-plane index h*W + w of the winner; when nothing won (every real input -inf) the
+    # window's first real position, as the reference and the CUDA kernel do
+    base = xp.asarray(((np.arange(oh) * s[0] - p[0])[:, None] * w
+                       + (np.arange(ow) * s[1] - p[1])[None, :]).astype(np.int32))
+    offs = xp.asarray(np.array([i * w + j for i in range(k[0]) for j in range(k[1])],
+                               dtype=np.int32))
+    arg = xp.take(offs, code, mode="wrap") + base
+    nowin = code < 0
+    if bool(nowin.any()):
+        first = xp.asarray((np.maximum(np.arange(oh) * s[0] - p[0], 0)[:, None] * w
+                            + np.maximum(np.arange(ow) * s[1] - p[1], 0)[None, :])
+                           .astype(np.int32))
+        xp.copyto(arg, xp.broadcast_to(first, arg.shape), where=nowin)
     return best, arg
 
 

@@ -225,7 +225,8 @@ m = load_emulated(sys.argv[1], sanitize=True)
 x = np.ones(64, np.float32)
 y = np.zeros(64, np.float32)
 n = int(sys.argv[2])
-m.get_function("oob")((1,), (64,), (x, y, np.int32(n)))
+k = m.get_function(sys.argv[3] if len(sys.argv) > 3 else "oob")
+k((1,), (64,), (x, y, np.int32(n)))
 print("finished", float(y.sum()))
 '''
 
@@ -233,6 +234,11 @@ _OOB = r'''
 extern "C" __global__ void oob(const float* x, float* y, int n) {
   // reads x[threadIdx.x + n - 64]: out of bounds when n > 64
   y[threadIdx.x] = x[threadIdx.x + n - 64];
+}
+extern "C" __global__ void overflow(const float* x, float* y, int n) {
+  // n * n * 64 overflows a signed int for n >= 5793: undefined behaviour UBSan reports
+  const int big = n * n * 64;
+  y[threadIdx.x] = x[threadIdx.x] + (float)(big % 7);
 }
 '''
 
@@ -244,7 +250,7 @@ def _asan_or_skip():
 
 
 @pytest.mark.slow
-def test_asan_catches_out_of_bounds(tmp_path):
+def test_sanitizers_catch_out_of_bounds_and_overflow(tmp_path):
     env = _asan_or_skip()
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     (tmp_path / "oob.cu").write_text(_OOB)
@@ -256,6 +262,13 @@ def test_asan_catches_out_of_bounds(tmp_path):
     bad = subprocess.run(cmd + ["65"], env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0
     assert "AddressSanitizer" in bad.stderr and "oob.cu" in bad.stderr, bad.stderr[-3000:]
+    ok = subprocess.run(cmd + ["64", "overflow"], env=env, capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    ub = subprocess.run(cmd + ["6000", "overflow"], env=env, capture_output=True, text=True,
+                        timeout=300)
+    assert ub.returncode != 0
+    assert "runtime error" in ub.stderr and "overflow" in ub.stderr, ub.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -279,6 +279,25 @@ def test_im2col_matches_numpy_path_and_torch(run, rng):
     close(col, tu.numpy(), what="vs torch unfold")
 
 
+@settings(max_examples=12)
+@given(data=st.data())
+def test_im2col_col2im_hypothesis_shapes(data):
+    kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    s = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    p = (data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2)))
+    d = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
+    h = data.draw(st.integers(max(1, d[0] * (kh - 1) + 1 - 2 * p[0]), 9))
+    w = data.draw(st.integers(max(1, d[1] * (kw - 1) + 1 - 2 * p[1]), 9))
+    n, c = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    r = np.random.default_rng(data.draw(st.integers(0, 2 ** 16)))
+    x = r.standard_normal((n, c, h, w)).astype(np.float32)
+    with thread_order("reverse"), K.launch_limits(max_blocks=2):
+        col = K.im2col(x, (kh, kw), s, p, d)
+        back = K.col2im(col, (h, w), (kh, kw), s, p, d)
+    close(col, naive_im2col(x, (kh, kw), s, p, d))
+    close(back, naive_col2im(col, (h, w), (kh, kw), s, p, d), scale=10)
+
+
 # ---- convolution -------------------------------------------------------------------------------
 
 CONVS = [  # x shape, (F, KH, KW), stride, padding, dilation, groups

@@ -11,8 +11,9 @@ accepts what NVRTC rejects (INFINITY, int64_t, std::).
 Prints one table row per (kernel, arch) and exits non-zero on a compile error, on any register
 spill, or on a violation of DESIGN.md's kernel rules that no compiler catches
 (:func:`minidl.cuda.source.lint`: double literals in float code, #include, ...). Exit code 2 when
-NVRTC itself is not importable (``pip install "cupy-cuda13x[ctk]"``, or cupy-cuda13x plus
-nvidia-cuda-nvrtc).
+NVRTC itself is not usable. NVRTC comes from CuPy's bindings (``cupy-cuda13x`` plus
+``nvidia-cuda-nvrtc``, or ``cupy-cuda13x[ctk]``) or, without CuPy, from NVIDIA's
+``cuda-bindings`` plus ``nvidia-cuda-nvrtc`` -- the smallest install that works.
 """
 import argparse
 import os
@@ -25,18 +26,72 @@ DEFAULT_ARCHS = ("sm_80", "sm_90")
 OPTIONS = ("-std=c++17",)
 
 
+class _BindingsNVRTC:
+    """``cuda.bindings.nvrtc`` (NVIDIA's cuda-bindings package) behind the small interface of
+    ``cupy.cuda.nvrtc`` used here, so the check also runs with just ``cuda-bindings`` and
+    ``nvidia-cuda-nvrtc`` installed (no CuPy)."""
+
+    class NVRTCError(RuntimeError):
+        pass
+
+    def __init__(self, mod):
+        self._m = mod
+
+    def _ok(self, res):
+        err = res[0] if isinstance(res, tuple) else res
+        if err != self._m.nvrtcResult.NVRTC_SUCCESS:
+            raise self.NVRTCError(str(err))
+        return res[1] if isinstance(res, tuple) and len(res) > 1 else None
+
+    def getVersion(self):
+        res = self._m.nvrtcVersion()
+        self._ok(res)
+        return res[1], res[2]
+
+    def createProgram(self, src, name, headers, include_names):
+        return self._ok(self._m.nvrtcCreateProgram(src.encode(), name.encode(), 0, [], []))
+
+    def compileProgram(self, prog, options):
+        opts = [o.encode() for o in options]
+        self._ok(self._m.nvrtcCompileProgram(prog, len(opts), opts))
+
+    def getProgramLog(self, prog):
+        n = self._ok(self._m.nvrtcGetProgramLogSize(prog))
+        buf = b" " * n
+        self._ok(self._m.nvrtcGetProgramLog(prog, buf))
+        return buf.decode(errors="replace")
+
+    def getCUBIN(self, prog):
+        n = self._ok(self._m.nvrtcGetCUBINSize(prog))
+        buf = b" " * n
+        self._ok(self._m.nvrtcGetCUBIN(prog, buf))
+        return buf
+
+    def destroyProgram(self, prog):
+        self._m.nvrtcDestroyProgram(prog)
+
+
 def nvrtc_module():
-    """``cupy.cuda.nvrtc`` (the NVRTC bindings), or None with the reason."""
+    """NVRTC bindings: ``cupy.cuda.nvrtc``, else ``cuda.bindings.nvrtc``; or (None, reason)."""
+    reasons = []
     from minidl import backend
-    cp = backend.cupy_module()
-    if cp is None:
-        return None, "CuPy is not importable"
+    if backend.cupy_module() is not None:
+        try:
+            from cupy.cuda import nvrtc
+            nvrtc.getVersion()  # a missing libnvrtc.so raises at first use
+            return nvrtc, None
+        except Exception as e:
+            reasons.append(f"cupy.cuda.nvrtc: {type(e).__name__}: {e}")
+    else:
+        reasons.append("CuPy is not importable")
     try:
-        from cupy.cuda import nvrtc
-        nvrtc.getVersion()
-    except Exception as e:  # missing libnvrtc.so raises at first use
-        return None, f"NVRTC is not usable: {type(e).__name__}: {e}"
-    return nvrtc, None
+        from cuda.bindings import nvrtc as bnv
+        wrapped = _BindingsNVRTC(bnv)
+        wrapped.getVersion()
+        return wrapped, None
+    except Exception as e:
+        reasons.append(f"cuda.bindings.nvrtc: {type(e).__name__}: {e}")
+    return None, "NVRTC is not usable (" + "; ".join(reasons) + ")"
 
 
 def compile_file(path, arch, nvrtc=None):
@@ -53,7 +108,7 @@ def compile_file(path, arch, nvrtc=None):
         try:
             nvrtc.compileProgram(prog, [f"-arch={arch}", "-Xptxas=-v", *OPTIONS])
             ok = True
-        except nvrtc.NVRTCError:
+        except Exception:  # NVRTCError of either binding: the log says why
             ok = False
         log = nvrtc.getProgramLog(prog)
         if isinstance(log, bytes):
@@ -94,8 +149,8 @@ def check(files=None, archs=DEFAULT_ARCHS, out=sys.stdout):
     """Run the check; return (exit_code, rows)."""
     nvrtc, why = nvrtc_module()
     if nvrtc is None:
-        print(f"nvrtc_check: {why}; install cupy-cuda13x[ctk] (or cupy-cuda13x and "
-              "nvidia-cuda-nvrtc)", file=out)
+        print(f"nvrtc_check: {why}; install cuda-bindings and nvidia-cuda-nvrtc (the smallest "
+              "set), or cupy-cuda13x and nvidia-cuda-nvrtc", file=out)
         return 2, []
     files = list(files) if files else _source.kernel_files()
     major, minor = nvrtc.getVersion()

@@ -210,16 +210,19 @@ class Conv2d(Function):
             return kernels().conv2d_forward(x, w, b, stride, padding, dilation, groups)
         n = x.shape[0]
         o, cg, kh, kw = w.shape
+        og = o // groups
         oh, ow = _out_hw("conv2d", x.shape, (kh, kw), stride, padding, dilation)
         col = _cols_cn(x, (kh, kw), stride, padding, dilation, oh, ow, groups)
-        y = xp.matmul(w.reshape(groups, o // groups, cg * kh * kw), col)   # (G, O/G, N*OH*OW)
-        del col
-        out = xp.empty((n, o, oh, ow), dtype=y.dtype)
-        src = y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)
-        if b is not None:
-            xp.add(src, b.reshape(1, o, 1, 1), out=out)
-        else:
-            out[...] = src
+        wg = w.reshape(groups, og, cg * kh * kw)
+        out = xp.empty((n, o, oh, ow), dtype=x.dtype)
+        for g in range(groups):  # one GEMM per group over the whole batch
+            y = xp.matmul(wg[g], col[g])                           # (O/G, N*OH*OW)
+            src = y.reshape(og, n, oh, ow).transpose(1, 0, 2, 3)
+            dst = out[:, g * og:(g + 1) * og]
+            if b is not None:
+                xp.add(src, b[g * og:(g + 1) * og].reshape(1, og, 1, 1), out=dst)
+            else:
+                dst[...] = src
         return out
 
     def backward(self, gy):
@@ -239,10 +242,16 @@ class Conv2d(Function):
         gw = gx = None
         if need_w:
             col = _cols_cn(x, (kh, kw), stride, padding, dilation, oh, ow, groups)
-            gw = xp.matmul(gy_g, col.transpose(0, 2, 1)).reshape(w.shape)
+            gw = xp.empty((groups, og, kg), dtype=w.dtype)
+            for g in range(groups):
+                xp.matmul(gy_g[g], col[g].T, out=gw[g])
+            gw = gw.reshape(w.shape)
             del col
         if need_x:
-            dcol = xp.matmul(w.reshape(groups, og, kg).transpose(0, 2, 1), gy_g)
+            wg = w.reshape(groups, og, kg)
+            dcol = xp.empty((groups, kg, n * oh * ow), dtype=gy.dtype)
+            for g in range(groups):
+                xp.matmul(wg[g].T, gy_g[g], out=dcol[g])
             dcol = dcol.reshape(x.shape[1], kh, kw, n, oh, ow)
             gx = _col2im_cn(dcol, x.shape, (kh, kw), stride, padding, dilation, oh, ow)
         return gx, gw, gb

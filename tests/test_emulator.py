@@ -49,6 +49,12 @@ extern "C" __global__ void static_reverse(const float* x, float* y) {
   __syncthreads();
   y[blockIdx.x * blockDim.x + t] = s[blockDim.x - 1 - t];
 }
+extern "C" __global__ void static_uninitialised(float* y) {
+  __shared__ float s[64];
+  y[blockIdx.x * blockDim.x + threadIdx.x] = s[threadIdx.x];  // never written: garbage
+  __syncthreads();
+  s[threadIdx.x] = 1.0f;  // what a careless next block might find
+}
 extern "C" __global__ void early_return(const float* x, float* y, int n) {
   __shared__ float s[64];
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -117,6 +123,12 @@ def test_static_shared_is_shared_by_the_block(shared_mod, rng):
         y = np.zeros_like(x)
         shared_mod.get_function("static_reverse")(3, 64, (x, y), order=order)
         np.testing.assert_array_equal(y, x.reshape(3, 64)[:, ::-1].reshape(-1))
+
+
+def test_shared_memory_starts_as_garbage_in_every_block(shared_mod):
+    y = np.zeros(3 * 64, np.float32)
+    shared_mod.get_function("static_uninitialised")(3, 64, (y,))
+    assert np.isnan(y).all()  # 0xFF bytes, not zeros and not the previous block's ones
 
 
 @pytest.mark.parametrize("order", ["forward", "reverse"])

@@ -7,11 +7,18 @@
 // fiber could run while some have not returned is a deadlock; it and every divergence are
 // reported as an error string (the launch returns non-zero and the Python loader raises).
 //
+// Shared memory starts as garbage: before every block the library's whole thread-local (TLS)
+// segment -- which holds exactly the static __shared__ variables of the kernel translation unit
+// and the extern __shared__ buffers, nothing else -- is filled with 0xFF bytes (NaN as float,
+// -1 as int), so a kernel that reads shared memory before writing it (or relies on what the
+// previous block left there) computes garbage under test instead of passing by luck.
+//
 // With -fsanitize=address the fiber switches are announced to ASan
 // (__sanitizer_start/finish_switch_fiber), so it follows the stacks, and the part of the
 // dynamic shared memory buffer beyond the launch's shared_mem is poisoned: reading past it is
 // reported like any heap overflow.
 #include <ucontext.h>
+#include <link.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <cstdio>
@@ -136,6 +143,29 @@ void fiber_entry() {
               g_warps[w].file, g_warps[w].line);
   yield_to_scheduler(true);
   __builtin_unreachable();
+}
+
+// The calling thread's copy of this library's PT_TLS segment (found via dl_iterate_phdr).
+char* g_tls_base = nullptr;
+size_t g_tls_size = 0;
+
+int find_tls(struct dl_phdr_info* info, size_t, void* data) {
+  const ElfW(Addr) addr = (ElfW(Addr))data;
+  bool mine = false;
+  const ElfW(Phdr)* tls = nullptr;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+    if (ph.p_type == PT_LOAD && addr >= info->dlpi_addr + ph.p_vaddr &&
+        addr < info->dlpi_addr + ph.p_vaddr + ph.p_memsz)
+      mine = true;
+    if (ph.p_type == PT_TLS) tls = &ph;
+  }
+  if (!mine) return 0;
+  if (tls && info->dlpi_tls_data) {
+    g_tls_base = (char*)info->dlpi_tls_data;
+    g_tls_size = tls->p_memsz;
+  }
+  return 1;
 }
 
 bool ensure_stacks(int n) {
@@ -311,14 +341,18 @@ int __emu_launch(Body body, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
   __emu_gridDim = dim3{gx, gy, gz};
   __emu_blockDim = dim3{bx, by, bz};
   unsigned long long nblocks = (unsigned long long)gx * gy * gz;
+  g_tls_base = nullptr;
+  g_tls_size = 0;
+  dl_iterate_phdr(find_tls, (void*)&__emu_launch);  // TLS is per thread: look up every launch
   for (unsigned long long bi = 0; bi < nblocks && !g_failed; ++bi) {
     unsigned long long b = order ? nblocks - 1 - bi : bi;
     __emu_blockIdx = uint3{(unsigned)(b % gx), (unsigned)((b / gx) % gy), (unsigned)(b / gx / gy)};
-    for (int s = 0; s < n_dyn_shared; ++s) {
 #if EMU_ASAN
-      __asan_unpoison_memory_region(dyn_shared[s], dyn_capacity);
+    for (int s = 0; s < n_dyn_shared; ++s) __asan_unpoison_memory_region(dyn_shared[s], dyn_capacity);
 #endif
-      memset(dyn_shared[s], 0xff, dyn_capacity);
+    if (g_tls_base) memset(g_tls_base, 0xff, g_tls_size);  // all shared memory: garbage
+    for (int s = 0; s < n_dyn_shared; ++s) {
+      if (!g_tls_base) memset(dyn_shared[s], 0xff, dyn_capacity);
 #if EMU_ASAN
       __asan_poison_memory_region((char*)dyn_shared[s] + shared_mem, dyn_capacity - shared_mem);
 #endif

@@ -173,11 +173,15 @@ def _trampolines(path, sigs):
 def _shared_defs(names):
     # The extern __shared__ arrays, defined outside the kernel's translation unit so their type
     # does not matter (all of CUDA's extern shared arrays alias raw bytes too).
-    out = ["// generated: dynamic shared memory buffers"]
+    out = ["// generated: dynamic shared memory buffers",
+           "// (touching the anchor makes sure this thread's copy of the library's TLS segment,",
+           "// where the static __shared__ variables live too, exists before a launch)",
+           "thread_local unsigned char __emu_tls_anchor[16];"]
     for n in names:
         out.append(f"thread_local unsigned char {n}[{DYN_SHARED_CAPACITY}] __attribute__((aligned(16)));")
     out.append('extern "C" void __emu_dyn_shared(void** out, int* n) {')
     out.append("  int k = 0;")
+    out.append("  __emu_tls_anchor[0] = 1;")
     for n in names:
         out.append(f"  out[k++] = {n};")
     out.append("  *n = k;\n}")

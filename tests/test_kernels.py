@@ -660,6 +660,14 @@ def test_wrappers_reject_bad_inputs(rng):
         K.lrn_forward(x.tolist(), 5)
 
 
+def test_gpu_arrays_without_a_gpu_raise_clearly():
+    if backend.cupy_module() is None or backend.is_available():
+        pytest.skip("needs CuPy importable and no GPU")
+    from minidl.cuda.module import load_module
+    with pytest.raises(backend.DeviceError, match="CUDA is not available"):
+        load_module("lrn.cu")
+
+
 def test_empty_batch(rng):
     x = np.zeros((0, 3, 4, 4), np.float32)
     y, s = K.lrn_forward(x, 3)

@@ -21,9 +21,22 @@
 // One thread per pixel (n, h, w) walks the C channels keeping a running window sum: add the
 // channel entering, subtract the one leaving -- O(C) work per pixel rather than O(C*n). The
 // channel stride is H*W, so consecutive threads (consecutive w) read consecutive addresses.
-// Accumulation is in the input's precision (float32 for the f32 kernels). A running sum that
-// subtracts can drift a few ulps of its largest term below zero when the window empties; it is
-// clamped at 0 so s_i >= k always.
+// Accumulation is in the input's precision (float32 for the f32 kernels), but compensated: a plain
+// running sum that adds a large a_j^2 and later subtracts it keeps an error of about one ulp of
+// that LARGE value, which for a window of small values after a spike (activations spanning 1e3)
+// is a relative error of 1e-4 and more in s_i. The sum is kept as an unevaluated pair (s, c)
+// updated with Knuth's error-free TwoSum (additions only, so no FMA contraction can break it):
+// the spike's rounding error is carried in c and cancels exactly when the spike leaves. The sum
+// is clamped at 0 so s_i >= k always.
+
+// s + c += v without losing the rounding error (TwoSum): see the header.
+template <typename T>
+__device__ __forceinline__ void add_compensated(T& s, T& c, T v) {
+  const T t = s + v;
+  const T vv = t - s;
+  c += (s - (t - vv)) + (v - vv);
+  s = t;
+}
 
 __device__ __forceinline__ float powr(float b, float e) { return powf(b, e); }
 __device__ __forceinline__ double powr(double b, double e) { return pow(b, e); }
@@ -39,16 +52,16 @@ __device__ __forceinline__ void lrn_forward_impl(const T* __restrict__ x, T* __r
   for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < N * HW; p += blockDim.x * gridDim.x) {
     const int n = p / HW;
     const int base = n * C * HW + (p - n * HW);  // channel 0 of this pixel
-    T acc = T(0);
+    T acc = T(0), comp = T(0);  // the window's sum of squares is acc + comp
     for (int j = 0; j < post && j < C; ++j) {  // the part of window(0) above channel 0
       const T v = x[base + j * HW];
-      acc += v * v;
+      add_compensated(acc, comp, v * v);
     }
     for (int c = 0; c < C; ++c) {
       const int enter = c + post, leave = c - pre - 1;
-      if (enter < C) { const T v = x[base + enter * HW]; acc += v * v; }
-      if (leave >= 0) { const T v = x[base + leave * HW]; acc -= v * v; }
-      const T s = k + alpha * maxr(acc, T(0));
+      if (enter < C) { const T v = x[base + enter * HW]; add_compensated(acc, comp, v * v); }
+      if (leave >= 0) { const T v = x[base + leave * HW]; add_compensated(acc, comp, -(v * v)); }
+      const T s = k + alpha * maxr(acc + comp, T(0));
       const int at = base + c * HW;
       scale[at] = s;
       y[at] = x[at] * powr(s, -beta);
@@ -67,17 +80,23 @@ __device__ __forceinline__ void lrn_backward_impl(const T* __restrict__ x, const
   for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < N * HW; p += blockDim.x * gridDim.x) {
     const int n = p / HW;
     const int base = n * C * HW + (p - n * HW);
-    T acc = T(0);  // sum of r_j = g_j * b_j / s_j over the window
+    T acc = T(0), comp = T(0);  // sum of r_j = g_j * b_j / s_j over the window: acc + comp
     for (int j = 0; j < pre && j < C; ++j) {
       const int at = base + j * HW;
-      acc += gy[at] * y[at] / scale[at];
+      add_compensated(acc, comp, gy[at] * y[at] / scale[at]);
     }
     for (int c = 0; c < C; ++c) {
       const int enter = c + pre, leave = c - post - 1;
-      if (enter < C) { const int at = base + enter * HW; acc += gy[at] * y[at] / scale[at]; }
-      if (leave >= 0) { const int at = base + leave * HW; acc -= gy[at] * y[at] / scale[at]; }
+      if (enter < C) {
+        const int at = base + enter * HW;
+        add_compensated(acc, comp, gy[at] * y[at] / scale[at]);
+      }
+      if (leave >= 0) {
+        const int at = base + leave * HW;
+        add_compensated(acc, comp, -(gy[at] * y[at] / scale[at]));
+      }
       const int at = base + c * HW;
-      gx[at] = gy[at] * powr(scale[at], -beta) - T(2) * alpha * beta * x[at] * acc;
+      gx[at] = gy[at] * powr(scale[at], -beta) - T(2) * alpha * beta * x[at] * (acc + comp);
     }
   }
 }

@@ -415,6 +415,21 @@ def test_lrn_matches_numpy_path_and_torch(run, rng, shape, size, alpha, beta, k)
     close(gx, a.grad.numpy(), what="gx vs torch (alpha*n)")
 
 
+def test_lrn_running_sum_survives_spikes(run, rng):
+    """Channels of ~1 between spikes of ~3000: a plain float32 running sum would keep an ulp of
+    the spike's square (~1e-4 relative error in the scale) after it left the window."""
+    x = rng.standard_normal((2, 40, 2, 3)).astype(np.float32)
+    x[:, ::7] *= 3000
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    y, scale = K.lrn_forward(run.dev(x), 5, 1e-4, 0.75, 2.0)
+    gx = run.host(K.lrn_backward(run.dev(x), y, scale, run.dev(gy), 5, 1e-4, 0.75))
+    want_y, want_s = naive_lrn(x, 5, 1e-4, 0.75, 2.0)
+    np.testing.assert_allclose(run.host(scale), want_s, rtol=2e-6)
+    np.testing.assert_allclose(run.host(y), want_y, rtol=2e-6)
+    want = numeric_vjp(lambda v: naive_lrn(v, 5, 1e-4, 0.75, 2.0)[0], x, gy, eps=1e-4)
+    np.testing.assert_allclose(gx, want, rtol=1e-4, atol=1e-5)
+
+
 @settings(max_examples=12)
 @given(n=st.integers(1, 2), c=st.integers(1, 9), h=st.integers(1, 4), w=st.integers(1, 5),
        size=st.integers(1, 7), seed=st.integers(0, 2 ** 16))

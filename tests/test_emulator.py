@@ -204,7 +204,9 @@ def test_launch_limits_are_checked(shared_mod):
     ("y[0] = INFINITY;", "INFINITY"),
     ("int64_t i = 0; y[i] = 1.0f;", "int64_t"),
     ("y[0] = std::max(1.0f, 2.0f);", "std"),
-    ("y[0] = y[0] * 0.5;", "double-promotion"),  # a double literal in float code
+    ("y[0] = y[0] * 0.5;", "double literal"),  # a double literal in float code
+    ("double d = 2; y[0] = (float)(y[0] * d);", "double-promotion"),  # implicit float->double
+    ("#ifdef __CUDA_ARCH__\n y[0] = 1.0f;\n#endif", "__CUDA_ARCH__"),
     ("y[0] = undefined_helper(1.0f);", "undefined_helper"),
 ])
 def test_rejects_what_nvrtc_rejects(tmp_path, body, why):

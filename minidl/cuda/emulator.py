@@ -210,9 +210,10 @@ def build(path, sanitize=None):
     sanitize = sanitize_default() if sanitize is None else bool(sanitize)
     path = _source.resolve(path)
     src = _read(path)
-    for line, msg in _source.lint(path):
-        if "#include" in msg:
-            raise CompileError(f"{path}:{line}: {msg}")
+    problems = _source.lint(path)  # DESIGN.md's rules that g++ would not enforce by itself
+    if problems:
+        raise CompileError("kernel rule violations (see DESIGN.md):\n" + "\n".join(
+            f"{path}:{line}: {msg}" for line, msg in problems))
     sigs = _source.parse_kernels(path)
     if not sigs:
         raise CompileError(f'{path}: no extern "C" __global__ entry points found')

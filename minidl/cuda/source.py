@@ -167,8 +167,9 @@ def lint(path):
     problems = []
     for i, line in enumerate(code_lines, 1):
         for pat, msg in _LINT_RULES:
-            if re.search(pat, line):
+            m = re.search(pat, line)
+            if m:
                 if "double literal" in msg and raw_lines[i - 1].rstrip().endswith("// double"):
                     continue
-                problems.append((i, msg))
+                problems.append((i, f"{msg}: {m.group(0).strip()!r}"))
     return problems

@@ -675,6 +675,24 @@ def test_wrappers_reject_bad_inputs(rng):
         K.lrn_forward(x.tolist(), 5)
 
 
+def test_chunking_keeps_indices_in_32_bits(rng, monkeypatch):
+    # Pretend the 32-bit limit is 700 elements: im2col/col2im/conv must split the batch into
+    # launches that stay below it (and still be right); single arrays beyond it are refused.
+    monkeypatch.setattr(K, "INDEX_LIMIT", 700)
+    x = rng.standard_normal((5, 2, 6, 7)).astype(np.float32)  # 84 elements/image, col 2*9*30
+    col = K.im2col(x, 3, 1, 0, 1)
+    close(col, naive_im2col(x, (3, 3), (1, 1), (0, 0), (1, 1)))
+    close(K.col2im(col, (6, 7), 3), naive_col2im(col, (6, 7), (3, 3), (1, 1), (0, 0), (1, 1)),
+          scale=10)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    close(K.conv2d_forward(x, w, None), naive_conv(x, w, None, (1, 1), (0, 0), (1, 1), 1),
+          scale=10)
+    with pytest.raises(ValueError, match="32-bit"):
+        K.lrn_forward(x, 3)
+    with pytest.raises(ValueError, match="32-bit"):
+        K.im2col(rng.standard_normal((1, 2, 30, 30)).astype(np.float32), 3)
+
+
 def test_gpu_arrays_without_a_gpu_raise_clearly():
     if backend.cupy_module() is None or backend.is_available():
         pytest.skip("needs CuPy importable and no GPU")

@@ -159,13 +159,15 @@ def _conv_geometry(H, W, kernel_size, stride, padding, dilation):
     return (KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
 
 
-def _batch_chunk(N, per_image_elems, itemsize):
-    """How many images fit one column buffer (memory budget and 32-bit indices)."""
-    by_mem = col_budget_bytes() // max(1, per_image_elems * itemsize)
-    by_index = (INDEX_LIMIT - 1) // max(1, per_image_elems)
+def _batch_chunk(N, col_elems, x_elems, itemsize=None):
+    """How many images one launch may take: their column buffer (col_elems per image) and
+    image block (x_elems per image) must be indexable with 32-bit ints, and, when itemsize is
+    given (a temporary buffer), the column buffer must fit col_budget_bytes()."""
+    by_index = (INDEX_LIMIT - 1) // max(1, col_elems, x_elems)
     if by_index < 1:
-        raise ValueError(f"one image's column buffer has {per_image_elems} elements, more than "
-                         "32-bit indices allow")
+        raise ValueError(f"one image has {max(col_elems, x_elems)} column/image elements, more "
+                         "than 32-bit indices allow")
+    by_mem = N if itemsize is None else col_budget_bytes() // max(1, col_elems * itemsize)
     return max(1, min(N, by_mem, by_index))
 
 
@@ -174,6 +176,7 @@ def _im2col_into(xp, x, col, geo):
     KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geo
     n, C, H, W = x.shape
     _check_index(col.size, "the column buffer")
+    _check_index(x.size, "the image block")
     _launch(xp, "im2col.cu", "im2col_" + _suffix(x.dtype), n * C * OH * OW,
             (x, col, *[_i32(v) for v in (n, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)]))
 
@@ -182,6 +185,7 @@ def _col2im_into(xp, col, x, geo):
     KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geo
     n, C, H, W = x.shape
     _check_index(col.size, "the column buffer")
+    _check_index(x.size, "the image block")
     _launch(xp, "im2col.cu", "col2im_" + _suffix(x.dtype), x.size,
             (col, x, *[_i32(v) for v in (n, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)]))
 
@@ -198,7 +202,7 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     geo = _conv_geometry(H, W, kernel_size, stride, padding, dilation)
     KH, KW, OH, OW = geo[0], geo[1], geo[8], geo[9]
     col = xp.empty((N, C * KH * KW, OH * OW), dtype=dt)
-    step = _batch_chunk(N, C * KH * KW * OH * OW, 1)  # indices only: the caller asked for all
+    step = _batch_chunk(N, C * KH * KW * OH * OW, C * H * W)  # indices only: col is the result
     for n0 in range(0, N, step):
         _im2col_into(xp, x[n0:n0 + step], col[n0:n0 + step], geo)
     return col
@@ -221,7 +225,7 @@ def col2im(col, output_size, kernel_size, stride=1, padding=0, dilation=1):
                          f"size {(H, W)}: expected (N, C*{KH * KW}, {OH * OW})")
     C = rows // (KH * KW)
     x = xp.empty((N, C, H, W), dtype=dt)
-    step = _batch_chunk(N, max(rows * L, C * H * W), 1)
+    step = _batch_chunk(N, rows * L, C * H * W)
     for n0 in range(0, N, step):
         _col2im_into(xp, col[n0:n0 + step], x[n0:n0 + step], geo)
     return x
@@ -256,7 +260,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     K, L, Fg = (C // groups) * KH * KW, OH * OW, F // groups
     y = xp.empty((N, F, L), dtype=dt)
     wg = w.reshape(groups, Fg, K)
-    step = _batch_chunk(N, C * KH * KW * L, x.itemsize)
+    step = _batch_chunk(N, C * KH * KW * L, C * H * W, x.itemsize)
     for n0 in range(0, N, step):
         n1 = min(N, n0 + step)
         col = xp.empty((n1 - n0, C * KH * KW, L), dtype=dt)
@@ -289,7 +293,7 @@ def conv2d_backward(x, w, gy, stride=1, padding=0, dilation=1, groups=1, need_x=
     gw = xp.zeros((groups, Fg, K), dtype=dt) if need_w else None
     wg = w.reshape(groups, Fg, K)
     if need_x or need_w:
-        step = _batch_chunk(N, C * KH * KW * L, x.itemsize)
+        step = _batch_chunk(N, C * KH * KW * L, C * H * W, x.itemsize)
         for n0 in range(0, N, step):
             n1 = min(N, n0 + step)
             if need_w:
@@ -386,6 +390,7 @@ def _pool_geometry(shape, kernel_size, stride, padding, ceil_mode):
     if OH < 1 or OW < 1:
         raise ValueError(f"input {H}x{W} too small for pooling kernel {(KH, KW)} (output {OH}x{OW})")
     _check_index(N * C * H * W, "the pooling input")
+    _check_index(N * C * OH * OW, "the pooling output")
     return N, C, H, W, OH, OW, KH, KW, SH, SW, PH, PW
 
 

@@ -688,7 +688,7 @@ def test_chunking_keeps_indices_in_32_bits(rng, monkeypatch):
     close(K.conv2d_forward(x, w, None), naive_conv(x, w, None, (1, 1), (0, 0), (1, 1), 1),
           scale=10)
     with pytest.raises(ValueError, match="32-bit"):
-        K.lrn_forward(x, 3)
+        K.lrn_forward(rng.standard_normal((5, 2, 10, 10)).astype(np.float32), 3)
     with pytest.raises(ValueError, match="32-bit"):
         K.im2col(rng.standard_normal((1, 2, 30, 30)).astype(np.float32), 3)
 

@@ -110,9 +110,9 @@ def _luma(c):
 
 def _colours(rng):
     """(shape colour, two background colours) with the shape clearly visible on both."""
-    fg = _hsv_to_rgb(rng.random(), rng.uniform(0.35, 1.0), rng.uniform(0.3, 1.0))
+    fg = _hsv_to_rgb(rng.random(), rng.uniform(0.5, 1.0), rng.uniform(0.35, 1.0))
     for _ in range(50):
-        bg = [_hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.8), rng.uniform(0.1, 1.0))
+        bg = [_hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.5), rng.uniform(0.1, 1.0))
               for _ in range(2)]
         if all(np.linalg.norm(fg - c) > 110 and abs(_luma(fg) - _luma(c)) > 30 for c in bg):
             break

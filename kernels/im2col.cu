@@ -17,9 +17,11 @@
 //   dx[n, c, h, w] = sum over (kh, kw, oh, ow) with oh*SH - PH + kh*DH = h and
 //                    ow*SW - PW + kw*DW = w of dcol[n, (c*KH + kh)*KW + kw, oh*OW + ow]
 //
-// written as a GATHER: one thread per image element finds the (kh, oh) pairs that reach it
-// (for each kh, oh = (h + PH - kh*DH) / SH when that divides exactly and lies in [0, OH)), so no
-// two threads write the same element -- no atomics, and the sum order is fixed (deterministic).
+// written as a GATHER: one thread per image element finds the (kh, oh) pairs that reach it, so
+// no two threads write the same element -- no atomics, and the sum order is fixed
+// (deterministic). Without dilation the rows oh that reach h form one interval (at most
+// ceil(KH/SH) of them, as in pooling); with dilation each kh is tried and kept when
+// (h + PH - kh*DH) / SH divides exactly and lies in [0, OH).
 //
 // One thread per (n, c, oh, ow) for im2col (it writes the KH*KW column entries of that output
 // position, consecutive threads writing consecutive addresses); grid-stride loops everywhere.
@@ -63,6 +65,23 @@ __device__ __forceinline__ void col2im_impl(const T* __restrict__ col, T* __rest
     const int nc = i / (H * W);
     const T* cp = col + nc * KH * KW * L;
     T acc = T(0);
+    if (DH == 1 && DW == 1) {
+      // Undilated: the output rows reaching h are oh in [ceil((h + PH - KH + 1) / SH),
+      // (h + PH) / SH] (tap kh = h + PH - oh*SH): at most ceil(KH/SH) of them, no modulo.
+      const int ohs = (h + PH < KH) ? 0 : (h + PH - KH) / SH + 1;
+      const int ohe = min((h + PH) / SH + 1, OH);
+      const int ows = (w + PW < KW) ? 0 : (w + PW - KW) / SW + 1;
+      const int owe = min((w + PW) / SW + 1, OW);
+      for (int oh = ohs; oh < ohe; ++oh) {
+        const int kh = h + PH - oh * SH;
+        for (int ow = ows; ow < owe; ++ow) {
+          const int kw = w + PW - ow * SW;
+          acc += cp[(kh * KW + kw) * L + oh * OW + ow];
+        }
+      }
+      x[i] = acc;
+      continue;
+    }
     for (int kh = 0; kh < KH; ++kh) {
       const int th = h + PH - kh * DH;  // = oh*SH if this tap row reaches h
       if (th < 0 || th % SH != 0) continue;

@@ -45,13 +45,19 @@ def _bshape(x, weight):
 
 
 class PReLU(Function):
+    """NumPy path written branch-free, as the paper's formula ``max(0, y) + a * min(0, y)``:
+    ``np.where`` on a random sign pattern is several times slower (branch mispredictions)."""
+
     def forward(self, x, weight):
         xp = xp_of(x)
         self.save_for_backward(x, weight)
         if not is_numpy(xp):
             return kernels().prelu_forward(x, weight)
         a = weight.reshape(_bshape(x, weight))
-        return xp.where(x > 0, x, x * a)
+        y = xp.minimum(x, 0)
+        y *= a
+        y += xp.maximum(x, 0)
+        return y
 
     def backward(self, gy):
         x, weight = self.saved_tensors
@@ -59,12 +65,17 @@ class PReLU(Function):
         xp = xp_of(gy)
         if not is_numpy(xp):
             return kernels().prelu_backward(x, weight, gy, need_weight=need_w)
-        pos = x > 0
         gx = gw = None
         if need_x:
-            gx = xp.where(pos, gy, gy * weight.reshape(_bshape(x, weight)))
+            # g if x > 0 else a*g, as g*[x > 0] + (a*g)*[x <= 0] (exact, no branches)
+            pos = x > 0
+            gx = gy * pos
+            neg = gy * weight.reshape(_bshape(x, weight))
+            neg *= ~pos
+            gx += neg
         if need_w:
-            contrib = xp.where(pos, 0, gy * x)
+            contrib = xp.minimum(x, 0)   # x where x <= 0, else 0
+            contrib *= gy
             if weight.shape[0] == 1:
                 gw = contrib.sum().reshape(1)
             else:

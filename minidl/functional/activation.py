@@ -21,12 +21,18 @@ class LeakyReLU(Function):
     def forward(self, x, slope):
         xp = xp_of(x)
         self.slope = slope
-        self.neg = x <= 0
-        return xp.where(self.neg, x * slope, x).astype(x.dtype, copy=False)
+        self.pos = x > 0
+        y = xp.minimum(x, 0)          # max(0, x) + slope * min(0, x), branch-free
+        y *= x.dtype.type(slope)
+        y += xp.maximum(x, 0)
+        return y
 
     def backward(self, gy):
-        xp = xp_of(gy)
-        return xp.where(self.neg, gy * self.slope, gy).astype(gy.dtype, copy=False)
+        gx = gy * self.pos
+        neg = gy * gy.dtype.type(self.slope)
+        neg *= ~self.pos
+        gx += neg
+        return gx
 
 
 def leaky_relu(x, negative_slope=0.01):

@@ -9,7 +9,8 @@
 //   dE/da_c = sum over every i of channel c (all batch items and positions) of g_i * y_i [y_i <= 0]
 //
 // (channel-shared: one sum over everything). x is (N, C, S) flattened -- S = H*W, or 1 for a
-// (N, C) input -- and the slope index of element i is (i / S) % C, or 0 when shared.
+// (N, C) input -- and the slope index of element i is (i / S) % C, or 0 when shared (tracked
+// without a division per element, see ChannelWalk).
 //
 // The slope gradient is a big reduction (AlexNet-sized conv1 output: 37M terms into 96 sums, or
 // into ONE sum when shared -- where frameworks that reduce with atomics serialize). It is done
@@ -22,14 +23,39 @@
 // A channel-wise group g holds the elements (n, g, s); the shared case is the same kernel with
 // one group of C*S consecutive elements per item (C = 1, S = C*S).
 
+// The channel of element i is (i / S) % C. Integer division costs ~20 instructions on a GPU --
+// more than this memory-bound kernel can hide per element -- so each thread divides once and
+// then walks its grid-stride sequence i, i + stride, ... keeping (channel c, offset r in the
+// channel's plane) with additions: stride = qs*S + rs, and c, r advance by (qs % C, rs) with a
+// carry.
+struct ChannelWalk {
+  int c, r, cs, rs, C, S;
+  __device__ __forceinline__ ChannelWalk(int i, int stride, int C_, int S_) : C(C_), S(S_) {
+    const int q = i / S;
+    r = i - q * S;
+    c = q % C;
+    const int qs = stride / S;
+    rs = stride - qs * S;
+    cs = qs % C;
+  }
+  __device__ __forceinline__ void next() {
+    r += rs;
+    c += cs;
+    if (r >= S) { r -= S; ++c; }
+    if (c >= C) c -= C;  // c < C + cs + 1 <= 2C - 1 before this
+  }
+};
+
 template <typename T>
 __device__ __forceinline__ void prelu_forward_impl(const T* __restrict__ x, const T* __restrict__ a,
                                                    T* __restrict__ y, int total, int C, int S,
                                                    int shared) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+  const int stride = blockDim.x * gridDim.x;
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  ChannelWalk ch(i, stride, shared ? 1 : C, shared ? total : S);
+  for (; i < total; i += stride, ch.next()) {
     const T v = x[i];
-    const T slope = a[shared ? 0 : (i / S) % C];
-    y[i] = v > T(0) ? v : slope * v;
+    y[i] = v > T(0) ? v : a[ch.c] * v;
   }
 }
 
@@ -39,9 +65,12 @@ __device__ __forceinline__ void prelu_backward_x_impl(const T* __restrict__ x,
                                                       const T* __restrict__ gy,
                                                       T* __restrict__ gx, int total, int C, int S,
                                                       int shared) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+  const int stride = blockDim.x * gridDim.x;
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  ChannelWalk ch(i, stride, shared ? 1 : C, shared ? total : S);
+  for (; i < total; i += stride, ch.next()) {
     const T g = gy[i];
-    gx[i] = x[i] > T(0) ? g : a[shared ? 0 : (i / S) % C] * g;
+    gx[i] = x[i] > T(0) ? g : a[ch.c] * g;
   }
 }
 
@@ -69,13 +98,19 @@ __device__ __forceinline__ void prelu_slope_partial_impl(const T* __restrict__ x
                                                          T* __restrict__ partial, int N, int C,
                                                          int S) {
   __shared__ T warp_sums[32];
-  const int g = blockIdx.y, P = gridDim.x, M = N * S;
+  const int g = blockIdx.y, P = gridDim.x, M = N * S, stride = blockDim.x * P;
   T acc = T(0);
-  for (int m = blockIdx.x * blockDim.x + threadIdx.x; m < M; m += blockDim.x * P) {
-    const int n = m / S;
-    const int at = n * C * S + g * S + (m - n * S);
+  int m = blockIdx.x * blockDim.x + threadIdx.x;
+  // term m = n*S + r is element (n*C + g)*S + r; walk (n, r) by additions (see ChannelWalk)
+  int n = m / S, r = m - (m / S) * S;
+  const int ns = stride / S, rs = stride - ns * S;
+  for (; m < M; m += stride) {
+    const int at = (n * C + g) * S + r;
     const T v = x[at];
     if (v <= T(0)) acc += gy[at] * v;
+    r += rs;
+    n += ns;
+    if (r >= S) { r -= S; ++n; }
   }
   acc = block_sum(acc, warp_sums);
   if (threadIdx.x == 0) partial[g * P + blockIdx.x] = acc;

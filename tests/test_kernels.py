@@ -575,6 +575,22 @@ def test_prelu(run, rng, shape, channelwise):
     assert none is None
 
 
+@pytest.mark.parametrize("blocks", [1, 2, 5])
+def test_prelu_grid_strides(run, rng, blocks):
+    # The kernels walk (channel, offset) along their grid-stride sequence by additions; strides
+    # of 256, 512 and 1280 against planes of 37 elements and 6 channels exercise every carry
+    # (the slope kernel walks its 20*37 terms per channel with stride 256).
+    x = rng.standard_normal((20, 6, 37)).astype(np.float32)
+    a = rng.standard_normal(6).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    with K.launch_limits(max_blocks=blocks):
+        y = run.host(K.prelu_forward(run.dev(x), run.dev(a)))
+        gx, ga = (run.host(v) for v in K.prelu_backward(run.dev(x), run.dev(a), run.dev(gy)))
+    close(y, naive_prelu(x, a))
+    close(gx, np.where(x > 0, gy, a.reshape(1, 6, 1) * gy))
+    close(ga, (gy.astype(np.float64) * np.minimum(x, 0)).sum(axis=(0, 2)), scale=100)
+
+
 def test_prelu_slope_gradient_is_deterministic(run, rng):
     x = rng.standard_normal((4, 3, 33, 31)).astype(np.float32)
     gy = rng.standard_normal(x.shape).astype(np.float32)

@@ -19,7 +19,8 @@ convolution processes the batch in chunks so that every column buffer stays belo
 ``col_budget_bytes()`` (``MINIDL_COL_BUDGET_MB``, default 256 MB) and below ``INDEX_LIMIT``.
 
 Launch configuration: 256 threads per block, a grid-stride loop in every kernel, and at most
-:func:`max_blocks` blocks (``MINIDL_MAX_BLOCKS``, default 65535). Tests lower it with
+:func:`max_blocks` blocks (``MINIDL_MAX_BLOCKS``, default 65535); on a GPU also at most
+``GRID_WAVES`` (4) times the blocks the device holds at once. Tests lower the cap with
 ``launch_limits(max_blocks=3)`` so the grid-stride loops really loop.
 """
 import contextlib
@@ -128,15 +129,37 @@ def _check_index(n, what):
                          f"take fewer than {INDEX_LIMIT}")
 
 
-def _grid(n_work):
-    return (max(1, min(-(-n_work // BLOCK), max_blocks())),)
+_resident_blocks = {}
+
+
+def _gpu_block_cap(xp):
+    """On a GPU: blocks of BLOCK threads that fill the device GRID_WAVES times over. Grid-stride
+    loops then give each thread several elements, so per-thread setup (a division, say) is paid
+    once per thread rather than per element."""
+    dev = xp.cuda.Device()
+    cap = _resident_blocks.get(dev.id)
+    if cap is None:
+        attrs = dev.attributes
+        per_sm = max(1, attrs.get("MaxThreadsPerMultiProcessor", 2048) // BLOCK)
+        cap = _resident_blocks[dev.id] = attrs.get("MultiProcessorCount", 80) * per_sm
+    return GRID_WAVES * cap
+
+
+GRID_WAVES = 4
+
+
+def _grid(n_work, xp=np):
+    blocks = min(-(-n_work // BLOCK), max_blocks())
+    if xp is not np:
+        blocks = min(blocks, _gpu_block_cap(xp))
+    return (max(1, blocks),)
 
 
 def _launch(xp, filename, name, n_work, args, grid=None, block=BLOCK, shared_mem=0):
     if n_work == 0:
         return
     k = _kernel(xp, filename, name)
-    k(_grid(n_work) if grid is None else grid, (block,), tuple(args), shared_mem=shared_mem)
+    k(_grid(n_work, xp) if grid is None else grid, (block,), tuple(args), shared_mem=shared_mem)
 
 
 # ---- im2col / col2im / convolution -------------------------------------------------------------

@@ -45,16 +45,24 @@ def _pool_out(n, kernel, stride):
     return (n - kernel) // stride + 1
 
 
+def _feature_size(input_size, overlap_pool):
+    k = 3 if overlap_pool else 2
+    if input_size < 11:
+        return 0
+    n = (input_size - 11) // 4 + 1          # conv1, stride 4, no padding
+    for _ in range(3):                      # pool1; conv2 (pad 2) + pool2; conv3-5 (pad 1) + pool5
+        n = _pool_out(n, k, 2) if n >= k else 0
+    return n
+
+
 def alexnet_feature_size(input_size=227, overlap_pool=True):
     """Spatial size of conv5's pooled output for a square ``input_size`` (6 for 227)."""
-    k = 3 if overlap_pool else 2
-    n = (input_size - 11) // 4 + 1          # conv1, stride 4, no padding
-    n = _pool_out(n, k, 2)                  # pool1
-    n = _pool_out(n, k, 2)                  # conv2 keeps the size (pad 2), pool2
-    n = _pool_out(n, k, 2)                  # conv3-5 keep it (pad 1), pool5
+    n = _feature_size(input_size, overlap_pool)
     if n < 1:
+        smallest = next(s for s in range(11, 1000) if _feature_size(s, overlap_pool) >= 1)
         raise ValueError(f"alexnet: input_size={input_size} is too small: the feature map "
-                         f"vanishes before fc6 (need at least 63 px with overlapping pooling)")
+                         f"vanishes before fc6 (the smallest input is {smallest} px with "
+                         f"overlap_pool={overlap_pool})")
     return n
 
 

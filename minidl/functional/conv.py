@@ -242,10 +242,12 @@ class Conv2d(Function):
         gw = gx = None
         if need_w:
             col = _cols_cn(x, (kh, kw), stride, padding, dilation, oh, ow, groups)
-            gw = xp.empty((groups, og, kg), dtype=w.dtype)
+            # dW_g^T = col_g @ dY_g^T: OpenBLAS is markedly faster with the long (N*OH*OW)
+            # contraction in this orientation than as dY_g @ col_g^T (measured, 1-2 threads)
+            gwt = xp.empty((groups, kg, og), dtype=w.dtype)
             for g in range(groups):
-                xp.matmul(gy_g[g], col[g].T, out=gw[g])
-            gw = gw.reshape(w.shape)
+                xp.matmul(col[g], gy_g[g].T, out=gwt[g])
+            gw = xp.ascontiguousarray(gwt.transpose(0, 2, 1)).reshape(w.shape)
             del col
         if need_x:
             wg = w.reshape(groups, og, kg)

@@ -20,6 +20,9 @@ Thread order within a block (and block order in the grid) is ``"forward"`` or ``
 :func:`thread_order` (a context manager), :func:`set_thread_order`, the ``order=`` keyword of a
 launch, or ``MINIDL_EMU_ORDER``. A missing barrier shows up under one of the two.
 
+``MINIDL_EMU_DEBUG=1`` builds with ``-O0 -g`` (run Python under gdb, break on the kernel's
+name, and step through one CUDA thread at a time); ``MINIDL_EMU_UCONTEXT=1`` switches fibers
+with glibc's ucontext instead of the x86-64 stack switch.
 ``sanitize=True`` (or ``MINIDL_EMU_SANITIZE=1``) builds with ``-fsanitize=address,undefined``;
 such a library only loads in a process started with the ASan runtime preloaded (see
 :func:`asan_env`). Libraries are cached under ``$MINIDL_CACHE/emu`` (default
@@ -135,10 +138,15 @@ _BASE_FLAGS = ["-std=c++17", "-fPIC", "-fno-exceptions", "-fno-rtti", "-Wall",
 
 
 def _flags(sanitize):
+    extra = []
+    if os.environ.get("MINIDL_EMU_UCONTEXT", "") not in ("", "0"):
+        extra.append("-DMINIDL_EMU_UCONTEXT")  # portable (slower) fiber switches
     if sanitize:
-        return _BASE_FLAGS + ["-O1", "-g", "-fno-omit-frame-pointer",
-                              "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-    return _BASE_FLAGS + ["-O2"]
+        return _BASE_FLAGS + extra + ["-O1", "-g", "-fno-omit-frame-pointer",
+                                      "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+    if os.environ.get("MINIDL_EMU_DEBUG", "") not in ("", "0"):
+        return _BASE_FLAGS + extra + ["-O0", "-g"]  # to step through a kernel in gdb
+    return _BASE_FLAGS + extra + ["-O2"]
 
 
 def _compiler_version():

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from minidl import backend
 from minidl.cuda import kernels as K
@@ -279,7 +279,6 @@ def test_im2col_matches_numpy_path_and_torch(run, rng):
     close(col, tu.numpy(), what="vs torch unfold")
 
 
-@settings(max_examples=12)
 @given(data=st.data())
 def test_im2col_col2im_hypothesis_shapes(data):
     kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
@@ -430,7 +429,6 @@ def test_lrn_running_sum_survives_spikes(run, rng):
     np.testing.assert_allclose(gx, want, rtol=1e-4, atol=1e-5)
 
 
-@settings(max_examples=12)
 @given(n=st.integers(1, 2), c=st.integers(1, 9), h=st.integers(1, 4), w=st.integers(1, 5),
        size=st.integers(1, 7), seed=st.integers(0, 2 ** 16))
 def test_lrn_hypothesis_shapes(n, c, h, w, size, seed):
@@ -519,7 +517,6 @@ def test_pools_match_numpy_path_and_torch(run, rng, shape, k, s, p, ceil):
               a.grad.numpy())
 
 
-@settings(max_examples=15)
 @given(data=st.data())
 def test_pool_hypothesis_shapes(data):
     kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))

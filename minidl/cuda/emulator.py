@@ -216,6 +216,11 @@ def _runtime_object(sanitize, cxx, flags):
 def build(path, sanitize=None):
     """Compile ``path`` (a .cu file) for the emulation; return the cached shared library path."""
     sanitize = sanitize_default() if sanitize is None else bool(sanitize)
+    for f in (HEADER, RUNTIME):
+        if not os.path.exists(f):
+            raise CompileError(f"the emulator's {os.path.basename(f)} is missing from {_HERE} "
+                               "(an installed minidl needs minidl/cuda/*.h and *.cpp as package "
+                               "data)")
     path = _source.resolve(path)
     src = _read(path)
     problems = _source.lint(path)  # DESIGN.md's rules that g++ would not enforce by itself

@@ -518,10 +518,10 @@ def prelu_forward(x, weight):
     return y
 
 
-def _slope_blocks(M, G):
-    # Enough blocks per group to fill the GPU (~8 elements per thread), bounded.
-    P = max(1, min(-(-M // (BLOCK * 8)), 1024, max_blocks()))
-    return P
+def _slope_blocks(M):
+    """Blocks per slope group in stage 1: ~8 terms per thread, at most 1024 partial sums (the
+    final pass adds them in one block)."""
+    return max(1, min(-(-M // (BLOCK * 8)), 1024, max_blocks()))
 
 
 def prelu_backward(x, weight, gy, need_weight=True):
@@ -551,7 +551,7 @@ def prelu_backward(x, weight, gy, need_weight=True):
     if M == 0:
         gw[...] = 0
         return gx, gw
-    P = _slope_blocks(M, G)
+    P = _slope_blocks(M)
     partial = xp.empty(G * P, dtype=dt)
     k1 = _kernel(xp, "prelu.cu", "prelu_slope_partial_" + sfx)
     k1((P, G), (BLOCK,), (x, gy, partial, _i32(N), _i32(C), _i32(S)))

@@ -19,7 +19,7 @@ batch 128):
   off; backward through autograd) as a time ratio, and the peak GPU memory of each op: CuPy's
   allocations observed by a memory hook against ``torch.cuda.max_memory_allocated``.
 
-Writes JSON (``--out``, default ``kernels_benchmark.json``) and prints a table. Without a GPU it
+Writes JSON (``--out``, default ``runs/kernels_benchmark.json``) and prints a table. Without a GPU it
 says so and exits 0 (``--emulator`` times the emulation on a reduced batch for study; those
 numbers say nothing about GPU speed).
 """
@@ -380,7 +380,8 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch side-by-side")
     ap.add_argument("--emulator", action="store_true",
                     help="time the CPU emulation instead (for study; not GPU speed)")
-    ap.add_argument("--out", default="kernels_benchmark.json", help="JSON output path")
+    ap.add_argument("--out", default=os.path.join("runs", "kernels_benchmark.json"),
+                    help="JSON output path (default runs/kernels_benchmark.json)")
     args = ap.parse_args(argv)
     args.ops = {o.strip() for o in args.ops.split(",") if o.strip()}
     if args.emulator:
@@ -396,6 +397,8 @@ def main(argv=None):
         args.batch = args.batch or 128
         report = run_gpu(args)
     report.update(argv=sys.argv[1:], time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    if os.path.dirname(args.out):
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
     print(f"wrote {args.out}")

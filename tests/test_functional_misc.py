@@ -271,3 +271,12 @@ def test_pad_torch_order_and_gradcheck():
         F.pad(Tensor(x), (1, 2, 3))
     with pytest.raises(NotImplementedError, match="reflect"):
         F.pad(Tensor(x), (1, 1), mode="reflect")
+
+
+def test_dropout_gradcheck_with_a_fixed_mask():
+    x = Tensor(np.random.default_rng(4).standard_normal((3, 5)), requires_grad=True)
+
+    def fn(x):
+        minidl.manual_seed(11)          # the same mask on every call
+        return F.dropout(x, 0.4)
+    assert gradcheck(fn, [x])

@@ -201,3 +201,15 @@ def test_small_alexnet_like_stack_trains_one_step():
             p.data -= 0.1 * p.grad.data
     net.eval()
     assert net(x).shape == (3, 4)
+
+
+def test_dropout_flatten_identity_gradcheck():
+    x = np.random.default_rng(3).standard_normal((2, 3, 2, 2))
+    check_layer(nn.Flatten(), x, params=False)
+    check_layer(nn.Identity(), x, params=False)
+    d = nn.Dropout(0.3)
+
+    def fn(x):
+        minidl.manual_seed(5)
+        return d(x)
+    assert gradcheck(fn, [Tensor(x, requires_grad=True)])

@@ -22,7 +22,8 @@ setup(
     # The CUDA sources live in <repo>/kernels so users find them at the top level; they are
     # installed as package data of minidl.kernels so an installed minidl finds them too.
     package_dir={"minidl.kernels": "kernels"},
-    package_data={"minidl.kernels": ["*.cu", "*.h"]},
+    # the emulator's header and runtime are compiled with g++ at run time, like the kernels
+    package_data={"minidl.kernels": ["*.cu", "*.h"], "minidl.cuda": ["*.h", "*.cpp"]},
     include_package_data=True,
     install_requires=["numpy>=1.22"],
     extras_require={
@@ -37,6 +38,7 @@ setup(
             "tqdm>=4.60",
             "matplotlib>=3.5",
         ],
-        "nvrtc": ["cupy-cuda13x[ctk]"],
+        # NVRTC for `python -m minidl.cuda.nvrtc_check` without CuPy or a GPU (what CI uses)
+        "nvrtc": ["cuda-bindings>=13,<14", "nvidia-cuda-nvrtc>=13,<14"],
     },
 )

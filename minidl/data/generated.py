@@ -32,7 +32,7 @@ __all__ = ["GeneratedShapes", "SHAPES", "draw_shape_image", "default_data_root"]
 
 SHAPES = ("arrow", "bar", "circle", "cross", "ellipse", "pentagon", "ring", "square", "star",
           "triangle")  # sorted: the class index ImageFolder gives each
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _SPLITS = {"train": 0, "val": 1}
 _DEFAULT_N = {"train": 300, "val": 50}
 _JPEG_QUALITY = 90
@@ -114,7 +114,7 @@ def _colours(rng):
     for _ in range(50):
         bg = [_hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.5), rng.uniform(0.1, 1.0))
               for _ in range(2)]
-        if all(np.linalg.norm(fg - c) > 110 and abs(_luma(fg) - _luma(c)) > 30 for c in bg):
+        if all(np.linalg.norm(fg - c) > 120 and abs(_luma(fg) - _luma(c)) > 45 for c in bg):
             break
     else:  # rare: fall back to a background of opposite brightness
         v = 30.0 if _luma(fg) > 128 else 225.0
@@ -161,10 +161,10 @@ def draw_shape_image(name, rng, image_size=256):
     bg = c0[None, None, :].astype(np.float32) + t[:, :, None] * (c1 - c0).astype(np.float32)
     img = Image.fromarray(bg.astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    _draw_clutter(draw, rng, S, int(rng.integers(2, 7)), 0.07)
+    _draw_clutter(draw, rng, S, int(rng.integers(2, 6)), 0.06)
 
     # the shape: radius, rotation, position kept clear of the borders (crops keep it)
-    r = rng.uniform(0.24, 0.35) * S
+    r = rng.uniform(0.25, 0.35) * S
     rot = rng.uniform(0, 2 * np.pi)
     extent = 1.1 * r + 0.06 * S
     cx, cy = S / 2 + rng.uniform(-1, 1, 2) * max(0.0, S / 2 - extent)

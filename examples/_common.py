@@ -1,0 +1,176 @@
+"""Helpers shared by the example scripts: the common command-line flags, the results file, a
+printed summary table, plots, and the announcement of a scaled-down configuration.
+
+Every example takes ``--device cpu|cuda``, ``--seed``, ``--out DIR``, ``--paper`` (the paper's
+configuration, for users with the hardware and data) and ``--smoke`` (a seconds-long run used by
+the test suite), and writes ``results.json`` and PNG plots into ``--out``.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+try:  # running from a checkout without `pip install -e .`
+    import minidl  # noqa: F401
+except ImportError:  # pragma: no cover - depends on the environment
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import minidl  # noqa: F401
+
+from minidl import backend
+
+
+def make_parser(doc, default_out):
+    """An ArgumentParser whose description is the script's docstring, with the common flags."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where to run (cuda needs CuPy and a GPU) [cpu]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, dropout and data [0]")
+    p.add_argument("--out", default=default_out,
+                   help=f"folder for results.json, logs, checkpoints and plots [{default_out}]")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's full configuration (needs the data and a GPU; hours-days)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a tiny seconds-long run that exercises every code path (for tests)")
+    return p
+
+
+def setup(args):
+    """Check the device, seed minidl, create --out; returns the normalized device."""
+    if args.device == "cuda" and not backend.is_available():
+        sys.exit("error: --device cuda needs CuPy and a CUDA GPU, and none is available here; "
+                 "use --device cpu")
+    minidl.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    return backend.normalize_device(args.device)
+
+
+def announce(title, config, scaled_note=None):
+    """Print the configuration; ``scaled_note`` explains how it differs from the paper."""
+    print(f"== {title} ==")
+    if scaled_note:
+        print(f"NOTE: scaled-down configuration for a CPU budget: {scaled_note}")
+        print("      (pass --paper for the paper's configuration)")
+    for k, v in config.items():
+        print(f"  {k:<22} {v}")
+    sys.stdout.flush()
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        return _clean(v.item())
+    return v
+
+
+def write_results(out, results):
+    """Write ``results`` (plus machine info) to ``out/results.json``; returns the path."""
+    results = dict(results)
+    results.setdefault("machine", {"platform": platform.platform(), "python":
+                                   platform.python_version(), "cpus": os.cpu_count()})
+    path = os.path.join(out, "results.json")
+    with open(path, "w") as f:
+        json.dump(_clean(results), f, indent=1)
+    print(f"wrote {path}")
+    return path
+
+
+def print_table(headers, rows, title=None):
+    """A plain fixed-width table on stdout."""
+    cells = [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h))
+              for i, h in enumerate(headers)]
+    if title:
+        print(title)
+    print("  ".join(str(h).ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    sys.stdout.flush()
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return str(v)
+
+
+def plot_lines(png, series, xlabel, ylabel, title=None, logy=False, hline=None):
+    """``series``: {label: (xs, ys)} drawn as lines into ``png``. Returns the path, or None with
+    a one-line notice when matplotlib is missing."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except Exception:
+        print("note: matplotlib is not installed; no plot drawn (pip install matplotlib)")
+        return None
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for label, (xs, ys) in series.items():
+        ax.plot(list(xs), list(ys), label=label)
+    if hline is not None:
+        ax.axhline(hline, color="gray", ls=":", lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if series:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    print(f"wrote {png}")
+    return png
+
+
+def plot_bars(png, groups, ylabel, title=None):
+    """``groups``: {series label: (category labels, values)} as grouped bars."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except Exception:
+        print("note: matplotlib is not installed; no plot drawn (pip install matplotlib)")
+        return None
+    fig = Figure(figsize=(9, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    n = max(len(groups), 1)
+    w = 0.8 / n
+    for i, (label, (cats, vals)) in enumerate(groups.items()):
+        xs = [j + (i - (n - 1) / 2) * w for j in range(len(cats))]
+        ax.bar(xs, list(vals), width=w, label=label)
+        ax.set_xticks(range(len(cats)))
+        ax.set_xticklabels(list(cats), rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    print(f"wrote {png}")
+    return png
+
+
+class Stopwatch:
+    """``with Stopwatch() as t: ...`` then ``t.seconds``."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        return False

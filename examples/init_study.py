@@ -1,0 +1,162 @@
+"""Xavier vs He initialization of deep plain ReLU nets (PReLU paper, section 2.2, Figures 2-3).
+
+Paper claims: (Figure 2) a 22-layer ReLU net converges with both initializations, but the He
+init ("0.5 n Var[w] = 1") starts reducing the error earlier than Xavier's ("n Var[w] = 1");
+(Figure 3) a 30-layer ReLU net (27 conv + 3 fc, no batch norm) converges with the He init
+and does not learn at all with Xavier's — its signal and gradients shrink by 1/2 per layer.
+
+This script builds the 22-layer model B of Table 3 (``prelu_net_b``) and the 30-layer
+extension of the 14-layer model (``prelu_net30``) with ReLU, each with both initializations,
+and (1) measures at initialization, on one batch, the standard deviation of every layer's
+response and the gradient norm of every layer's weights (the diminishing-gradient diagnosis),
+(2) trains each for a few hundred iterations with the same SGD settings and records the
+training error (the figures' curves).
+
+Scaled down for a CPU (announced at the start): channel widths x1/16 (the depth — what the
+claim is about — is the paper's), 64x64 crops of 72x72 generated shapes, 10 classes.
+``--paper`` uses the full widths and 224 crops (ImageNet-size compute).
+
+Writes results.json (final training error per net and init, gradient-norm ratio first/last
+layer, per-layer statistics), grad_norms.png, response_std.png, curves.png.
+"""
+import os
+import time
+
+import numpy as np
+
+from _common import announce, make_parser, plot_lines, print_table, setup, write_results
+
+import minidl
+import minidl.functional as F
+from minidl import data, models, nn, optim
+from minidl.data import transforms as T
+
+PAPER_CLAIM = {"source": "He et al. 2015 (Delving Deep into Rectifiers), Figures 2-3",
+               "claim": "22-layer: both inits converge, He earlier; 30-layer: He converges, "
+                        "Xavier stalls completely"}
+
+NETS = {"22-layer (model B)": models.prelu_net_b, "30-layer": models.prelu_net30}
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__, "runs/init_study")
+    p.add_argument("--data", default=None,
+                   help="ImageNet-style folder with train/ (default: generated shapes)")
+    p.add_argument("--data-root", default=None, help="cache folder of the generated set")
+    p.add_argument("--iters", type=int, default=None, help="training iterations per run [300]")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--width", type=float, default=None, help="channel multiplier [1/16]")
+    p.add_argument("--input-size", type=int, default=None, help="crop side [64]")
+    return p.parse_args(argv)
+
+
+def weight_layers(model):
+    return model.weight_layers()
+
+
+def diagnose(model, x, y):
+    """Per weight layer: std of its output (the response) and the norm of its weight grad."""
+    stds = {}
+    handles = [m.register_forward_hook(
+        lambda mod, inp, out, name=name: stds.__setitem__(name, float(out.numpy().std())))
+        for name, m in weight_layers(model)]
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    for h in handles:
+        h.remove()
+    names = [n for n, _ in weight_layers(model)]
+    grads = [float(np.linalg.norm(m.weight.grad.numpy())) for _, m in weight_layers(model)]
+    return names, [stds[n] for n in names], grads
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = setup(args)
+    width = args.width or (1.0 if args.paper else (1 / 32 if args.smoke else 1 / 16))
+    size = args.input_size or (224 if args.paper else 64)
+    iters = args.iters or (3 if args.smoke else (20000 if args.paper else 300))
+    image = 256 if args.paper else size + size // 8
+    if args.data:
+        tr = data.ImageFolder(os.path.join(args.data, "train"))
+        desc = f"{args.data}/train ({len(tr)} images)"
+    else:
+        tr = data.GeneratedShapes(args.data_root, "train", n_per_class=4 if args.smoke else 300,
+                                  image_size=image, seed=args.seed)
+        desc = f"GeneratedShapes {image} px, {len(tr)} images"
+    num_classes = len(tr.classes)
+    base = [T.Resize(image), T.CenterCrop(image), T.ToArray()]
+    mean, cov = T.rgb_covariance(tr, transform=T.Compose(base), n=300)
+    # normalized input (the paper: unnormalized [-128, 128] inputs can overflow deep nets)
+    tr.transform = T.Compose(base + [T.Normalize(mean, np.sqrt(np.diag(cov))),
+                                     T.RandomCrop(size), T.RandomHorizontalFlip()])
+    bs = min(args.batch_size, len(tr))
+    announce("Xavier vs He init, deep plain ReLU nets (PReLU paper Figs. 2-3)", {
+        "data": desc, "width": width, "input": size, "iterations": iters, "batch": bs,
+        "lr": args.lr, "device": device},
+        None if args.paper else f"channel widths x{width:g} (depths as in the paper), "
+                                f"{size}x{size} inputs, {iters} iterations per run")
+    probe_loader = data.DataLoader(tr, batch_size=bs, shuffle=True, seed=args.seed + 1)
+    xp, yp = next(iter(probe_loader))
+    xp, yp = minidl.Tensor(xp, device=device), minidl.Tensor(yp, device=device)
+
+    results = {"experiment": "init_study", "paper_claim": PAPER_CLAIM, "data": desc,
+               "width": width, "input_size": size, "iterations": iters, "runs": {}}
+    grad_series, std_series, curve_series = {}, {}, {}
+    rows = []
+    for net_name, fn in NETS.items():
+        for init in ("he", "xavier"):
+            minidl.manual_seed(args.seed)
+            model = fn(activation="relu", init=init, num_classes=num_classes,
+                       width=width).to(device)
+            names, stds, grads = diagnose(model, xp, yp)
+            label = f"{net_name}, {init}"
+            grad_series[label] = (range(1, len(grads) + 1), grads)
+            std_series[label] = (range(1, len(stds) + 1), stds)
+            opt = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+            loader = data.DataLoader(tr, batch_size=bs, shuffle=True, drop_last=True,
+                                     seed=args.seed)
+            errs, t0 = [], time.perf_counter()
+            model.train()
+            while len(errs) < iters:
+                for x, y in loader:
+                    out = model(minidl.Tensor(x, device=device))
+                    loss = F.cross_entropy(out, minidl.Tensor(y, device=device))
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    errs.append(float((minidl.backend.to_numpy(out.data).argmax(1) != y).mean()))
+                    if len(errs) >= iters:
+                        break
+            secs = time.perf_counter() - t0
+            w = max(1, min(50, iters // 3))
+            smooth = np.convolve(errs, np.ones(w) / w, mode="valid")
+            curve_series[label] = (range(w, len(errs) + 1), smooth)
+            final = float(np.mean(errs[-w:]))
+            ratio = grads[0] / grads[-2] if grads[-2] > 0 else float("inf")
+            results["runs"][label] = {
+                "layers": names, "response_std": stds, "grad_norm": grads,
+                "grad_norm_first_over_last_conv_or_fc": ratio,
+                "final_train_error": final, "train_errors": errs, "seconds": secs}
+            rows.append([net_name, init, f"{stds[0]:.3g} -> {stds[-1]:.3g}",
+                         f"{grads[0]:.3g} / {grads[-2]:.3g}", final, secs])
+            print(f"{label}: response std conv1 {stds[0]:.3g} -> last {stds[-1]:.3g}; grad "
+                  f"norm conv1 {grads[0]:.3g}, fc2 {grads[-2]:.3g}; final train error "
+                  f"{final:.3f} ({secs:.0f} s)")
+    out = args.out
+    plot_lines(os.path.join(out, "grad_norms.png"), grad_series, "weight layer (input -> output)",
+               "||dE/dW|| at initialization", "Gradient norm per layer at init", logy=True)
+    plot_lines(os.path.join(out, "response_std.png"), std_series, "weight layer",
+               "std of the layer's response at init", "Forward signal at init", logy=True)
+    plot_lines(os.path.join(out, "curves.png"), curve_series, "iteration",
+               "training error (running mean)", "Training error, He vs Xavier",
+               hline=1 - 1 / num_classes)
+    results["chance_error"] = 1 - 1 / num_classes
+    write_results(out, results)
+    print_table(["net", "init", "response std conv1 -> out", "grad norm conv1 / fc2",
+                 "final train err", "seconds"], rows, title="\nsummary")
+    return results
+
+
+if __name__ == "__main__":
+    main()

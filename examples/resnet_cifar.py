@@ -1,0 +1,227 @@
+"""Plain vs residual nets on CIFAR-10 (ResNet paper, section 4.2, Figures 6-7, Table 6).
+
+Paper claims: (Figure 6) deeper PLAIN nets have HIGHER training error (the degradation problem:
+plain-56 trains worse than plain-20, plain-110 stays above 60%), while deeper RESIDUAL nets
+have lower error (ResNet-20/32/44/56/110: 8.75/7.51/7.17/6.97/6.43% test error, Table 6);
+(Figure 7) the standard deviation of the layer responses (3x3 conv -> BN, before the addition
+and ReLU) is smaller in ResNets than in their plain twins; ResNet-110 needs a warm-up at
+lr 0.01 until the training error is below 80% (~400 iterations), then 0.1.
+
+This script trains the CIFAR nets of depth 6n+2 (``minidl.models.cifar_resnet``; option-A
+shortcuts, so plain and residual twins have identical parameters) at ``--depths``, each as a
+plain net and as a ResNet, with the paper's recipe (SGD momentum 0.9, wd 1e-4, lr 0.1 /10 at
+50% and 75% of the iterations, batch 128, pad-4 random crops + flips, per-pixel mean
+subtracted), records the training-error curves, measures the layer-response std on a
+validation batch at the end, and evaluates the validation error. A depth >= 110 gets the
+warm-up (lr 0.01 until the batch training error < 0.8, then 0.1).
+
+Data: CIFAR-10 with ``--data DIR`` (the cifar-10-batches-py folder; 45k/5k train/val split
+as the paper), else minidl's GeneratedShapes at 32x32. The default CPU budget (printed at the
+start) trains depths 20 and 32 for a few hundred iterations at batch 64: enough to see the
+training curves separate, far from the paper's 64k iterations. ``--paper`` runs depths
+20, 32, 44, 56, 110 for 64k iterations at batch 128.
+
+Writes results.json (per net: val_top1_error, val_top5_error, final training error, the
+response std per layer), train_error.png (Figure 6), response_std.png (Figure 7).
+"""
+import os
+import time
+
+import numpy as np
+
+from _common import announce, make_parser, plot_lines, print_table, setup, write_results
+
+import minidl
+import minidl.functional as F
+from minidl import data, models, optim
+from minidl.data import transforms as T
+from minidl.train import evaluate
+
+PAPER_CLAIM = {"source": "He et al. 2015 (Deep Residual Learning), Table 6 and Figures 6-7",
+               "test_error": {"resnet20": 0.0875, "resnet32": 0.0751, "resnet44": 0.0717,
+                              "resnet56": 0.0697, "resnet110": 0.0643},
+               "claim": "deeper plain nets have higher training error; deeper ResNets lower; "
+                        "ResNet responses have smaller std than plain ones"}
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__, "runs/resnet_cifar")
+    p.add_argument("--data", default=None, help="CIFAR-10 folder (cifar-10-batches-py)")
+    p.add_argument("--data-root", default=None, help="cache folder of the generated set")
+    p.add_argument("--depths", type=int, nargs="+", default=None,
+                   help="depths 6n+2 to train [20 32; paper: 20 32 44 56 110]")
+    p.add_argument("--iters", type=int, default=None, help="iterations per net [300]")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--n-per-class", type=int, default=None,
+                   help="generated training images per class [500]")
+    p.add_argument("--no-plain", action="store_true", help="train only the residual nets")
+    p.add_argument("--warmup", choices=("auto", "on", "off"), default="auto",
+                   help="lr/10 until the training error < 80%% (auto: for depth >= 110)")
+    return p.parse_args(argv)
+
+
+def make_data(args):
+    if args.data:
+        full = data.CIFAR10(args.data, train=True)
+        order = np.random.default_rng(args.seed).permutation(len(full))
+        tr, va = data.Subset(full, order[:45000]), data.Subset(full, order[45000:])
+        tr_base, va_base = full, full
+        desc = f"CIFAR-10 from {args.data}, 45k train / 5k val split"
+        stats_src = tr
+    else:
+        n = args.n_per_class or (4 if args.smoke else 500)
+        tr = data.GeneratedShapes(args.data_root, "train", n_per_class=n, image_size=32,
+                                  seed=args.seed)
+        va = data.GeneratedShapes(args.data_root, "val", n_per_class=2 if args.smoke else 50,
+                                  image_size=32, seed=args.seed)
+        tr_base, va_base = tr, va
+        desc = f"GeneratedShapes 32x32, {len(tr)} train / {len(va)} val"
+        stats_src = tr
+    mean_image = T.compute_mean_image(stats_src, transform=T.ToArray(), n=2000)
+    sub = T.SubtractMean(mean_image)  # per-pixel mean, as the paper
+    train_tf = T.Compose([T.ToArray(), sub, T.RandomCrop(32, padding=4),
+                          T.RandomHorizontalFlip()])
+    val_tf = T.Compose([T.ToArray(), sub])
+    if args.data:  # one underlying dataset: transform chosen per split through a wrapper
+        tr, va = _Split(tr, train_tf), _Split(va, val_tf)
+    else:
+        tr_base.transform, va_base.transform = train_tf, val_tf
+    return tr, va, desc
+
+
+class _Split(data.Dataset):
+    """A subset of a dataset with its own transform (CIFAR-10's 45k/5k split)."""
+
+    def __init__(self, subset, transform):
+        self.subset, self.transform = subset, transform
+
+    def __len__(self):
+        return len(self.subset)
+
+    def getitem(self, index, rng=None):
+        full = self.subset.dataset
+        img, label = full.load(int(self.subset.indices[index]))
+        return self.transform(img, rng=rng), label
+
+    def __getitem__(self, index):
+        return self.getitem(index)
+
+
+def response_stds(model, x):
+    """Std of each 3x3 conv's BN output (Figure 7's responses) on the batch ``x``."""
+    stds = []
+    handles = [m.register_forward_hook(
+        lambda mod, inp, out: stds.append(float(minidl.backend.to_numpy(out.data).std())))
+        for m in model.response_modules()]
+    model.eval()
+    with minidl.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return stds
+
+
+def train_net(depth, plain, args, tr, va, device, iters, bs):
+    minidl.manual_seed(args.seed)
+    model = models.cifar_resnet(depth, plain=plain).to(device)
+    opt = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    main_sched = optim.lr_scheduler.MultiStepLR(opt, [iters // 2, (3 * iters) // 4], 0.1)
+    sched = main_sched
+    warmup = args.warmup == "on" or (args.warmup == "auto" and depth >= 110)
+    if warmup:  # the paper's warm-up for ResNet-110: 0.01 until train error < 80%
+        sched = optim.lr_scheduler.Warmup(opt, factor=0.1,
+                                          until=lambda err: err is not None and err < 0.8,
+                                          after=main_sched)
+    loader = data.DataLoader(tr, batch_size=bs, shuffle=True, drop_last=True, seed=args.seed)
+    errs, lrs, t0 = [], [], time.perf_counter()
+    model.train()
+    while len(errs) < iters:
+        for x, y in loader:
+            lrs.append(opt.param_groups[0]["lr"])
+            out = model(minidl.Tensor(x, device=device))
+            loss = F.cross_entropy(out, minidl.Tensor(y, device=device))
+            if not np.isfinite(loss.item()):
+                raise FloatingPointError(f"depth {depth} plain={plain}: loss {loss.item()} at "
+                                         f"iteration {len(errs) + 1}")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            err = float((minidl.backend.to_numpy(out.data).argmax(1) != y).mean())
+            errs.append(err)
+            sched.step(err) if getattr(sched, "wants_metric", False) else sched.step()
+            if len(errs) >= iters:
+                break
+    secs = time.perf_counter() - t0
+    val_loader = data.DataLoader(va, batch_size=256)
+    v = evaluate(model, val_loader, device)
+    xv, _ = next(iter(data.DataLoader(va, batch_size=min(128, len(va)))))
+    stds = response_stds(model, minidl.Tensor(xv, device=device))
+    warm = getattr(sched, "finished_at", None) if warmup else None
+    return {"train_errors": errs, "lrs": lrs, "seconds": secs, "val_top1_error": v["top1"],
+            "val_top5_error": v["top5"], "response_std": stds, "warmup_finished_at": warm,
+            "parameters": model.num_parameters()}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = setup(args)
+    depths = args.depths or ([20, 32, 44, 56, 110] if args.paper else ([8, 14] if args.smoke
+                                                                         else [20, 32]))
+    for d in depths:
+        if (d - 2) % 6:
+            raise SystemExit(f"error: depth {d} is not 6n+2")
+    iters = args.iters or (64000 if args.paper else (3 if args.smoke else 300))
+    bs = args.batch_size or (128 if args.paper else (8 if args.smoke else 64))
+    tr, va, desc = make_data(args)
+    announce("Plain vs residual CIFAR nets (ResNet paper, section 4.2)", {
+        "data": desc, "depths": depths, "iterations per net": iters, "batch": bs,
+        "lr": f"{args.lr} (/10 at 50% and 75% of the iterations)", "device": device},
+        None if args.paper else f"depths {depths}, {iters} iterations per net at batch {bs} "
+                                f"(the paper: 64k iterations at batch 128)")
+    runs = {}
+    for d in depths:
+        for plain in ((False,) if args.no_plain else (True, False)):
+            name = f"{'plain' if plain else 'resnet'}-{d}"
+            r = train_net(d, plain, args, tr, va, device, iters, bs)
+            runs[name] = r
+            w = max(1, min(50, iters // 4))
+            r["final_train_error"] = float(np.mean(r["train_errors"][-w:]))
+            print(f"{name:11s} train err (last {w}) {r['final_train_error']:.3f}, val err "
+                  f"{r['val_top1_error']:.3f}, mean response std "
+                  f"{np.mean(r['response_std']):.3f}"
+                  + (f", warm-up ended at iteration {r['warmup_finished_at']}"
+                     if r["warmup_finished_at"] is not None else "")
+                  + f" ({r['seconds']:.0f} s)")
+    w = max(1, min(50, iters // 4))
+    plot_lines(os.path.join(args.out, "train_error.png"),
+               {n: (range(w, len(r["train_errors"]) + 1),
+                    np.convolve(r["train_errors"], np.ones(w) / w, mode="valid"))
+                for n, r in runs.items()},
+               "iteration", f"training error (running mean of {w})",
+               "Plain vs residual (ResNet Fig. 6)")
+    plot_lines(os.path.join(args.out, "response_std.png"),
+               {n: (range(1, len(r["response_std"]) + 1), r["response_std"])
+                for n, r in runs.items()},
+               "layer index (3x3 conv, after BN)", "std of the response",
+               "Layer responses (ResNet Fig. 7)")
+    results = {"experiment": "resnet_cifar", "paper_claim": PAPER_CLAIM, "data": desc,
+               "depths": depths, "iterations": iters, "batch_size": bs,
+               "warmup": {n: r["warmup_finished_at"] for n, r in runs.items()},
+               "val_top1_error": {n: r["val_top1_error"] for n, r in runs.items()},
+               "val_top5_error": {n: r["val_top5_error"] for n, r in runs.items()},
+               "final_train_error": {n: r["final_train_error"] for n, r in runs.items()},
+               "mean_response_std": {n: float(np.mean(r["response_std"]))
+                                     for n, r in runs.items()},
+               "runs": runs}
+    write_results(args.out, results)
+    print_table(["net", "params", "final train err", "val top-1 err", "mean response std",
+                 "seconds"],
+                [[n, r["parameters"], r["final_train_error"], r["val_top1_error"],
+                  float(np.mean(r["response_std"])), r["seconds"]] for n, r in runs.items()],
+                title="\nsummary")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -41,12 +41,11 @@ def leaky_relu(x, negative_slope=0.01):
 
 
 def _bshape(x, weight):
-    """Shape that broadcasts weight (C,) or (1,) along dim 1 of x."""
+    """Shape that broadcasts weight (C,) or (1,) along dim 1 of x (inputs with fewer than 2
+    dimensions have no channel dimension, as in torch: one shared slope)."""
     shape = [1] * x.ndim
     if x.ndim >= 2:
         shape[1] = weight.shape[0]
-    else:
-        shape[0] = weight.shape[0]
     return tuple(shape)
 
 
@@ -95,10 +94,8 @@ def prelu(x, weight):
     (channel-wise, C = x.shape[1]) or (1,) (channel-shared). Gradients reach x and the slopes."""
     if weight.ndim != 1:
         raise ValueError(f"prelu: weight must be 1-d, (1,) or (C,), got shape {weight.shape}")
-    c = x.shape[1] if x.ndim >= 2 else (x.shape[0] if x.ndim == 1 else 1)
+    c = x.shape[1] if x.ndim >= 2 else 1
     if weight.shape[0] not in (1, c):
         raise ValueError(f"prelu: weight of shape {weight.shape} does not match input of shape "
                          f"{x.shape}: expected (1,) or ({c},) (one slope per channel, dim 1)")
-    if x.ndim == 0 and weight.shape[0] != 1:
-        raise ValueError(f"prelu: a 0-d input needs a (1,) weight, got {weight.shape}")
     return PReLU.apply(x, weight)

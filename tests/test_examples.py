@@ -1,0 +1,192 @@
+"""Every example and the model benchmark run end to end in their --smoke / --quick mode (tiny
+data, a few iterations) in a subprocess, and write results.json and their plots.
+
+These check the plumbing (data -> model -> training -> evaluation -> files), not the papers'
+claims: the claims need the default budgets, whose measured results are in examples/README.md.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+
+HAVE_MPL = True
+try:
+    import matplotlib  # noqa: F401
+except ImportError:  # pragma: no cover
+    HAVE_MPL = False
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """One generated-data cache for the whole module (the smoke sets are tiny)."""
+    return str(tmp_path_factory.mktemp("minidl_data"))
+
+
+def run(script, args, data_root, timeout=300):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               MINIDL_DATA=data_root, MPLBACKEND="Agg")
+    p = subprocess.run([sys.executable, script] + args, cwd=ROOT, env=env, timeout=timeout,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, f"{script} {args} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p.stdout
+
+
+def results(out):
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f)
+
+
+def assert_pngs(out, names):
+    if not HAVE_MPL:
+        return
+    for n in names:
+        path = os.path.join(out, n)
+        assert os.path.getsize(path) > 1000, path
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("script, claim", [
+    ("alexnet_imagenet.py", "40.7%"), ("relu_vs_tanh.py", "six times faster"),
+    ("init_study.py", "30-layer"), ("prelu_study.py", "Table 1"),
+    ("resnet_cifar.py", "degradation")])
+def test_help_names_the_paper_claim(script, claim, data_root):
+    out = run(os.path.join(EXAMPLES, script), ["--help"], data_root)
+    assert claim in out
+    for flag in ("--device", "--seed", "--out", "--paper", "--smoke"):
+        assert flag in out
+
+
+def test_alexnet_quickstart_smoke_and_resume(tmp_path, data_root):
+    out = str(tmp_path / "alex")
+    script = os.path.join(EXAMPLES, "alexnet_imagenet.py")
+    text = run(script, ["--smoke", "--epochs", "1", "--out", out], data_root)
+    assert "scaled-down configuration" in text
+    r = results(out)
+    for k in ("val_top1_error", "val_top5_error"):
+        assert 0.0 <= r[k] <= 1.0
+    assert r["val_eval"] == "ten-crop"
+    assert r["epochs"] == 1 and r["paper_claim"]["top1_error"] == 0.407
+    assert os.path.exists(os.path.join(out, "checkpoint.npz"))
+    assert_pngs(out, ["curves.png"])
+    # resume: continue the same run for a second epoch
+    text = run(script, ["--smoke", "--epochs", "2", "--out", out, "--resume"], data_root)
+    assert "resumed from" in text and "epoch   2/2" in text and "epoch   1/2" not in text
+    r2 = results(out)
+    assert r2["steps"] == 2 * r["steps"]
+    with open(os.path.join(out, "log.jsonl")) as f:
+        assert [json.loads(line)["epoch"] for line in f if line.strip()] == [1, 2]
+
+
+def test_alexnet_ablation_flags(tmp_path, data_root):
+    out = str(tmp_path / "abl")
+    run(os.path.join(EXAMPLES, "alexnet_imagenet.py"),
+        ["--smoke", "--epochs", "1", "--out", out, "--towers", "1", "--no-lrn", "--no-overlap",
+         "--no-fancy-pca", "--no-ten-crop"], data_root)
+    r = results(out)
+    c = r["config"]
+    assert (c["towers"], c["lrn"], c["overlap_pool"], c["fancy_pca"]) == (1, False, False, False)
+    assert c["model_width"] == c["width"] / 2  # the paper's one-GPU net: half the kernels
+    assert r["val_eval"] == "centre crop"
+
+
+def test_alexnet_reads_an_imagenet_style_folder(tmp_path, data_root):
+    """--data with train/ and val/ class folders (here: a copy of a few generated images)."""
+    from PIL import Image
+    import numpy as np
+    d = tmp_path / "imnet"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("n01", "n02"):
+            (d / split / c).mkdir(parents=True)
+            for i in range(4):
+                a = rng.integers(0, 255, (90, 100, 3), dtype=np.uint8)
+                a[:, :, 0] = 255 if c == "n01" else 0
+                Image.fromarray(a).save(d / split / c / f"{i}.JPEG")
+    out = str(tmp_path / "alex_folder")
+    run(os.path.join(EXAMPLES, "alexnet_imagenet.py"),
+        ["--smoke", "--epochs", "1", "--out", out, "--data", str(d)], data_root)
+    r = results(out)
+    assert "imnet" in r["data"] and r["chance_top1_error"] == 0.5
+
+
+def test_relu_vs_tanh_smoke(tmp_path, data_root):
+    out = str(tmp_path / "rvt")
+    run(os.path.join(EXAMPLES, "relu_vs_tanh.py"), ["--smoke", "--out", out], data_root)
+    r = results(out)
+    assert set(r["iters_to_target"]) == {"relu", "tanh"}
+    assert set(r["val_top1_error"]) == {"relu", "tanh"}
+    assert "tanh_over_relu_iterations" in r and r["paper_claim"]["tanh_over_relu_iterations"] == 6
+    assert_pngs(out, ["curves.png"])
+
+
+def test_relu_vs_tanh_iteration_counting():
+    sys.path.insert(0, EXAMPLES)
+    try:
+        import relu_vs_tanh as m
+    finally:
+        sys.path.remove(EXAMPLES)
+    errs = [1.0] * 10 + [0.0] * 10
+    # window 4: the running mean first reaches <= 0.25 when 3 of the last 4 are 0 (iteration 13)
+    assert m.iters_to(errs, 0.25, 4) == 13
+    assert m.iters_to([1.0] * 20, 0.25, 4) is None
+
+
+def test_init_study_smoke(tmp_path, data_root):
+    out = str(tmp_path / "init")
+    run(os.path.join(EXAMPLES, "init_study.py"), ["--smoke", "--out", out], data_root)
+    r = results(out)
+    runs = r["runs"]
+    assert len(runs) == 4
+    for label, v in runs.items():
+        n_layers = 22 if label.startswith("22") else 30
+        assert len(v["grad_norm"]) == len(v["response_std"]) == n_layers
+    # the claim's mechanism, visible even at init and at a tiny width: Xavier's forward signal
+    # in the 30-layer net ends orders of magnitude below He's
+    he, xa = runs["30-layer, he"], runs["30-layer, xavier"]
+    assert xa["response_std"][-1] < 1e-2 * he["response_std"][-1]
+    assert_pngs(out, ["grad_norms.png", "response_std.png", "curves.png"])
+
+
+def test_prelu_study_smoke(tmp_path, data_root):
+    out = str(tmp_path / "prelu")
+    run(os.path.join(EXAMPLES, "prelu_study.py"), ["--smoke", "--out", out], data_root)
+    r = results(out)
+    assert set(r["val_top1_error"]) == {"relu", "prelu_shared", "prelu"}
+    slopes = r["runs"]["prelu"]["slopes"]
+    assert list(slopes) == ["conv1", "conv2_1", "conv2_2", "conv2_3", "conv2_4", "conv3_1",
+                            "conv3_2", "conv3_3", "conv3_4", "conv3_5", "conv3_6", "fc1", "fc2"]
+    assert r["runs"]["relu"]["slopes"] == {}
+    assert all(len(v[1]) == 1 for v in r["runs"]["prelu_shared"]["slopes"].values())
+    assert_pngs(out, ["slopes.png", "curves.png"])
+
+
+def test_resnet_cifar_smoke_with_warmup(tmp_path, data_root):
+    out = str(tmp_path / "res")
+    run(os.path.join(EXAMPLES, "resnet_cifar.py"),
+        ["--smoke", "--out", out, "--warmup", "on"], data_root)
+    r = results(out)
+    assert set(r["val_top1_error"]) == {"plain-8", "resnet-8", "plain-14", "resnet-14"}
+    run_ = r["runs"]["resnet-14"]
+    assert len(run_["response_std"]) == 1 + 2 * 2 * 3   # stem BN + two per block, n = 2
+    # the warm-up trains at lr/10 while the batch error is >= 0.8
+    assert run_["lrs"][0] == pytest.approx(0.01)
+    assert_pngs(out, ["train_error.png", "response_std.png"])
+
+
+def test_benchmark_quick(tmp_path, data_root):
+    out = str(tmp_path / "bench.json")
+    text = run(os.path.join(ROOT, "benchmarks", "models.py"),
+               ["--quick", "--models", "resnet20", "alexnet", "--batch-sizes", "2", "--repeat",
+                "1", "--out", out], data_root)
+    assert "img/s" in text
+    with open(out) as f:
+        b = json.load(f)
+    assert [(r["model"], r["batch"]) for r in b["results"]] == [("resnet20", 2), ("alexnet", 2)]
+    for r in b["results"]:
+        assert r["minidl_images_per_second"] > 0 and r["minidl_peak_bytes"] > 0

@@ -205,7 +205,6 @@ class Conv2d(Function):
         xp = xp_of(x)
         self.args = (stride, padding, dilation, groups)
         self.save_for_backward(x, w)
-        self.has_bias = b is not None
         if not is_numpy(xp):
             return kernels().conv2d_forward(x, w, b, stride, padding, dilation, groups)
         n = x.shape[0]

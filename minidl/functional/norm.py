@@ -113,7 +113,6 @@ class BatchNorm(Function):
         inv_std = 1.0 / xp.sqrt(var.reshape(shape) + eps)
         xhat = (x - mean.reshape(shape)) * inv_std
         self.inv_std = inv_std.astype(x.dtype, copy=False)
-        self.has_weight = weight is not None
         self.xhat = xhat = xhat.astype(x.dtype, copy=False)
         self.weight = weight
         y = xhat * weight.reshape(shape) if weight is not None else xhat.copy()

@@ -214,3 +214,41 @@ def test_corrupt_jpeg_is_skipped_and_counted(tmp_path, workers):
     top_left = [(i, j) for i in range(5) for j in range(5)
                 if np.allclose(first[i:i + 8, j:j + 8].transpose(2, 0, 1) / 255.0, x0)]
     assert top_left
+
+
+class PlainGetitem(Dataset):
+    """A user dataset that calls minidl's random transforms without passing a generator."""
+
+    def __init__(self):
+        self.base = [np.full((1, 6, 6), i, np.float32) + np.arange(6, dtype=np.float32)
+                     for i in range(12)]
+        self.t = T.Compose([T.RandomCrop(4), T.RandomHorizontalFlip()])
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return self.t(self.base[i]), i
+
+
+def test_transforms_without_rng_still_follow_the_sample_stream():
+    ds = PlainGetitem()
+    a = batches(DataLoader(ds, batch_size=5, shuffle=True, seed=2))
+    b = batches(DataLoader(ds, batch_size=5, shuffle=True, seed=2, num_workers=2))
+    assert_same(a, b)
+    for x, y in a:
+        for xi, i in zip(x, y):
+            np.testing.assert_array_equal(xi, ds.t(ds.base[i], rng=sample_rng(2, 0, int(i))))
+
+
+def test_empty_dataset_and_set_epoch():
+    class Empty(Dataset):
+        def __len__(self):
+            return 0
+
+    loader = DataLoader(Empty(), batch_size=3)
+    assert len(loader) == 0 and list(loader) == [] and loader.epoch == 1
+    full = DataLoader(Augmented(), batch_size=4, shuffle=True)
+    first = batches(full)
+    full.set_epoch(0)
+    assert_same(batches(full), first)

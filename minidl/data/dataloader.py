@@ -281,7 +281,7 @@ class DataLoader:
 
     # --- checkpointing --------------------------------------------------------------------
     def _cursor(self):
-        if self.position >= len(self):  # consumed the whole epoch but the loop was not closed
+        if 0 < len(self) <= self.position:  # consumed the whole epoch, loop not closed
             return self.epoch + 1, 0, 0
         return self.epoch, self.position, self.skipped
 

@@ -23,6 +23,11 @@ def test_api_names_exist():
                  "log_softmax", "cross_entropy", "nll_loss", "pad", "im2col", "col2im"]:
         assert callable(getattr(F, name)), name
     assert F.relu is minidl.ops.relu and F.tanh is minidl.ops.tanh
+    assert F.matmul is minidl.ops.matmul and F.sum is minidl.ops.sum   # generic ops too
+    assert F.pad is not minidl.ops.pad                                   # torch-style pad
+    star = {}
+    exec("from minidl.functional import *", star)
+    assert "conv2d" in star and "sum" not in star and "max" not in star  # builtins kept
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,9 +15,18 @@ loss            ``softmax``, ``log_softmax``, ``cross_entropy``, ``nll_loss``
 padding         ``pad`` (torch's flat tuple, last dimension first)
 ==============  =============================================================================
 
+The engine's generic ops (:mod:`minidl.ops`: ``add, mul, matmul, exp, log, sum, mean, max,
+reshape, transpose, flatten, concatenate, where, clip, ...``) are re-exported too, so ``F`` is
+the one namespace of operations (as attributes, not in ``__all__``); ``F.pad`` is torch's
+(flat tuple), ``minidl.ops.pad`` NumPy's.
+
 Each op is a :class:`~minidl.tensor.Function` whose forward and backward work on NumPy arrays
 (CPU) or, for conv, pooling, LRN and PReLU, call the CUDA kernels when given CuPy arrays.
 """
+from minidl.ops import (abs, add, argmax, argmin, clip, concatenate, div, exp, flatten,  # noqa: A004
+                        log, matmul, max, maximum, mean, min, minimum, mul, neg, permute, pow,
+                        reshape, sqrt, squeeze, stack, sub, sum, transpose, unsqueeze, var,
+                        where)
 from minidl.functional.activation import leaky_relu, prelu, relu, sigmoid, tanh
 from minidl.functional.conv import col2im, conv2d, im2col
 from minidl.functional.dropout import dropout
@@ -37,3 +46,5 @@ __all__ = [
     "softmax", "log_softmax", "cross_entropy", "nll_loss",
     "pad",
 ]
+# The generic ops are attributes (F.sum, F.max...) but not in __all__: a star import must not
+# shadow the builtins sum, max, min, abs and pow.

@@ -7,7 +7,11 @@ and strokes (a few drawn over the shape), and pixel noise. The classes differ in
 colour or position, and stay distinguishable after random crops (the shape is kept away from the
 borders) and horizontal flips (every class is closed under mirroring). It is a real image
 pipeline -- JPEG files in the ImageFolder layout, decoded by Pillow -- that a small CNN learns
-in minutes on a CPU, without being trivial (outline, not colour; clutter; rotation).
+in minutes on a CPU, without being trivial (outline, not colour; clutter; rotation). Measured
+(generator v3, 128 px images, 64 px random crops + flips, 300/50 per class, a 4-layer 16-32-64-64
+BN CNN of 61k parameters, Adam 2e-3, batch 32, 2 busy CPU cores): val error 0.49 after 3 epochs
+(~100 s), 0.30 after 6 (~250 s); the confusions left are square/pentagon/ellipse, bar/arrow and
+triangle/cross -- outline details, as intended.
 
 Images are written once, as ``<dataset_root>/<split>/<class>/<i>.jpg`` with
 ``dataset_root = <root>/generated_shapes_<hash of (generator version, image_size, seed)>`` and
@@ -32,7 +36,7 @@ __all__ = ["GeneratedShapes", "SHAPES", "draw_shape_image", "default_data_root"]
 
 SHAPES = ("arrow", "bar", "circle", "cross", "ellipse", "pentagon", "ring", "square", "star",
           "triangle")  # sorted: the class index ImageFolder gives each
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 _SPLITS = {"train": 0, "val": 1}
 _DEFAULT_N = {"train": 300, "val": 50}
 _JPEG_QUALITY = 90
@@ -161,7 +165,7 @@ def draw_shape_image(name, rng, image_size=256):
     bg = c0[None, None, :].astype(np.float32) + t[:, :, None] * (c1 - c0).astype(np.float32)
     img = Image.fromarray(bg.astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    _draw_clutter(draw, rng, S, int(rng.integers(2, 6)), 0.06)
+    _draw_clutter(draw, rng, S, int(rng.integers(1, 5)), 0.055)
 
     # the shape: radius, rotation, position kept clear of the borders (crops keep it)
     r = rng.uniform(0.25, 0.35) * S

@@ -252,3 +252,26 @@ def test_empty_dataset_and_set_epoch():
     first = batches(full)
     full.set_epoch(0)
     assert_same(batches(full), first)
+
+
+class Growing(Dataset):
+    """Later batches hold bigger images than the first: they outgrow the shared-memory slots
+    sized after the first batch and must travel pickled."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        side = 2 if i < 2 else 2 + i
+        return np.random.default_rng(i).standard_normal((1, side, side)).astype(np.float32), i
+
+
+def test_workers_handle_batches_of_changing_size_and_free_shared_memory():
+    shm_dir = "/dev/shm"
+    before = set(os.listdir(shm_dir)) if os.path.isdir(shm_dir) else set()
+    ref = batches(DataLoader(Growing(), batch_size=1))
+    par = batches(DataLoader(Growing(), batch_size=1, num_workers=2))
+    assert_same(ref, par)
+    assert [x.shape[-1] for x, _ in par] == [2, 2] + list(range(4, 14))
+    if os.path.isdir(shm_dir):
+        assert set(os.listdir(shm_dir)) - before == set()  # every slot unlinked

@@ -14,7 +14,10 @@ original would have yielded next.
 Workers (``num_workers > 0``) are processes (``fork`` where the platform has it, else ``spawn``,
 which needs a picklable dataset and an ``if __name__ == "__main__":`` guard in the script). Batch
 ``k`` goes to worker ``k % num_workers``; up to ``prefetch_factor * num_workers`` batches are in
-flight ahead of the one being consumed, and results are reordered. Workers only build NumPy arrays
+flight ahead of the one being consumed, and results are reordered. Collated image batches come
+back through shared-memory slots (a memcpy instead of pickling megabytes through a pipe; batches
+that do not fit are pickled), so loading costs the training process only the copy out. Workers
+only build NumPy arrays
 (they never touch CuPy: no CUDA after fork); the training loop moves batches to the device. They
 are shut down when the epoch ends, when the loop is left early (``break`` / garbage collection of
 the iterator) and when an exception propagates; a worker's exception is re-raised in the main
@@ -91,6 +94,18 @@ def _worker_loop(dataset, seed, worker_id, index_queue, result_queue, parent_pid
     # Forked workers share the parent's global RNG states; make any use of them distinct.
     random.seed(hash((seed, worker_id, os.getpid())))
     np.random.seed((seed * 1000003 + worker_id * 7919 + os.getpid()) % 2**32)
+    attached = {}  # shared-memory slots of the main process, by name
+    try:
+        _serve(dataset, seed, worker_id, index_queue, result_queue, parent_pid, attached)
+    finally:
+        for shm in attached.values():
+            try:
+                shm.close()
+            except (OSError, BufferError):
+                pass
+
+
+def _serve(dataset, seed, worker_id, index_queue, result_queue, parent_pid, attached):
     while True:
         try:
             task = index_queue.get(timeout=1.0)
@@ -100,10 +115,19 @@ def _worker_loop(dataset, seed, worker_id, index_queue, result_queue, parent_pid
             continue
         if task is None:
             return
-        epoch, batch_no, indices = task
+        epoch, batch_no, indices, slot = task
         try:
-            result = _load_batch(dataset, seed, epoch, indices)
-            result_queue.put((batch_no, result, None))
+            x, y, skipped = _load_batch(dataset, seed, epoch, indices)
+            if slot is not None and x is not None and x.nbytes <= slot[1]:
+                # the batch goes through shared memory; only its shape travels in the pipe
+                if slot[0] not in attached:
+                    from multiprocessing import shared_memory
+                    attached[slot[0]] = shared_memory.SharedMemory(name=slot[0])
+                buf = attached[slot[0]].buf
+                np.ndarray(x.shape, np.float32, buffer=buf)[...] = x
+                result_queue.put((batch_no, (("shm", slot[0], x.shape), y, skipped), None))
+            else:
+                result_queue.put((batch_no, (x, y, skipped), None))
         except Exception as e:  # handed to the main process, which re-raises it
             tb = traceback.format_exc()
             try:
@@ -117,8 +141,9 @@ def _worker_loop(dataset, seed, worker_id, index_queue, result_queue, parent_pid
             result_queue.put((batch_no, None, err))
 
 
-def _stop_workers(workers, index_queues, result_queue):
-    """Ask workers to exit, drain their output so none blocks on a full pipe, then reap."""
+def _stop_workers(workers, index_queues, result_queue, slots):
+    """Ask workers to exit, drain their output so none blocks on a full pipe, then reap;
+    then free the shared-memory slots."""
     for q in index_queues:
         try:
             q.put(None)
@@ -140,6 +165,13 @@ def _stop_workers(workers, index_queues, result_queue):
             q.close()
         except (OSError, ValueError):
             pass
+    for shm in slots:
+        try:
+            shm.close()
+            shm.unlink()
+        except (OSError, BufferError):
+            pass
+    slots.clear()
 
 
 class _WorkerPool:
@@ -153,6 +185,17 @@ class _WorkerPool:
         self.index_queues = [ctx.Queue() for _ in range(n)]
         self.result_queue = ctx.Queue()
         self.workers = []
+        # Batches come back through `ahead` shared-memory slots (batch k uses slot k % ahead,
+        # which is free again once batch k - ahead was consumed), sized after the first batch;
+        # what does not fit (or every batch, where shared memory fails) is pickled instead.
+        self.slots, self.slot_bytes, self.use_shm = [], 0, True
+        try:
+            # forked workers must share the main process's resource tracker, or each would
+            # start its own and unlink the slots when it exits
+            from multiprocessing import resource_tracker
+            resource_tracker.ensure_running()
+        except Exception:
+            self.use_shm = False
         try:
             for w in range(n):
                 p = ctx.Process(target=_worker_loop, daemon=True, name=f"minidl-data-{w}",
@@ -161,7 +204,7 @@ class _WorkerPool:
                 p.start()
                 self.workers.append(p)
         except Exception as e:
-            _stop_workers(self.workers, self.index_queues, self.result_queue)
+            _stop_workers(self.workers, self.index_queues, self.result_queue, self.slots)
             if isinstance(e, (pickle.PicklingError, TypeError, AttributeError)):
                 raise RuntimeError(f"could not start DataLoader workers with the "
                                    f"{ctx.get_start_method()!r} start method: the dataset must "
@@ -169,7 +212,7 @@ class _WorkerPool:
             raise
         # Shut down even if the generator holding us is never closed properly.
         self._finalizer = weakref.finalize(self, _stop_workers, self.workers,
-                                           self.index_queues, self.result_queue)
+                                           self.index_queues, self.result_queue, self.slots)
 
     def shutdown(self):
         self._finalizer()
@@ -178,7 +221,11 @@ class _WorkerPool:
         n, sent, done = len(self.workers), self.start, {}
         for k in range(self.start, len(self.batches)):
             while sent < len(self.batches) and sent < k + self.ahead:
-                self.index_queues[sent % n].put((self.epoch, sent, self.batches[sent]))
+                slot = None
+                if self.slots:
+                    shm = self.slots[sent % self.ahead]
+                    slot = (shm.name, self.slot_bytes)
+                self.index_queues[sent % n].put((self.epoch, sent, self.batches[sent], slot))
                 sent += 1
             while k not in done:
                 try:
@@ -192,8 +239,34 @@ class _WorkerPool:
                     continue
                 if err is not None:
                     raise err
-                done[batch_no] = result
+                done[batch_no] = self._receive(result)
             yield done.pop(k)
+
+    def _receive(self, result):
+        x, y, skipped = result
+        if isinstance(x, tuple):  # ("shm", name, shape): copy out before the slot is reused
+            _, name, shape = x
+            shm = next(s for s in self.slots if s.name == name)
+            x = np.ndarray(shape, np.float32, buffer=shm.buf).copy()
+        elif x is not None and self.use_shm and not self.slots:
+            self._make_slots(x.nbytes)
+        return x, y, skipped
+
+    def _make_slots(self, nbytes):
+        from multiprocessing import shared_memory
+        try:
+            for _ in range(self.ahead):
+                self.slots.append(shared_memory.SharedMemory(create=True, size=max(1, nbytes)))
+            self.slot_bytes = nbytes
+        except Exception:  # no /dev/shm, or too small: keep pickling
+            for shm in self.slots:
+                try:
+                    shm.close()
+                    shm.unlink()
+                except OSError:
+                    pass
+            self.slots.clear()
+            self.use_shm = False
 
 
 class DataLoader:

@@ -17,8 +17,8 @@ which needs a picklable dataset and an ``if __name__ == "__main__":`` guard in t
 flight ahead of the one being consumed, and results are reordered. Collated image batches come
 back through shared-memory slots (a memcpy instead of pickling megabytes through a pipe; batches
 that do not fit are pickled), so loading costs the training process only the copy out. Workers
-only build NumPy arrays
-(they never touch CuPy: no CUDA after fork); the training loop moves batches to the device. They
+only build NumPy arrays (they never touch CuPy: no CUDA after fork); the training loop moves
+batches to the device. They
 are shut down when the epoch ends, when the loop is left early (``break`` / garbage collection of
 the iterator) and when an exception propagates; a worker's exception is re-raised in the main
 process with the worker's traceback attached; a worker that dies is reported with its exit code.

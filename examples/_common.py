@@ -24,7 +24,8 @@ from minidl import backend
 
 def make_parser(doc, default_out):
     """An ArgumentParser whose description is the script's docstring, with the common flags."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="where to run (cuda needs CuPy and a GPU) [cpu]")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, dropout and data [0]")

@@ -46,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=None, help="training iterations per run [300]")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--dropout", type=float, default=None,
+                   help="drop probability in fc1/fc2 [0.5 with --paper, 0 on the CPU budget]")
     p.add_argument("--width", type=float, default=None, help="channel multiplier [1/16]")
     p.add_argument("--input-size", type=int, default=None, help="crop side [64]")
     return p.parse_args(argv)
@@ -73,6 +75,7 @@ def diagnose(model, x, y):
 def main(argv=None):
     args = parse_args(argv)
     device = setup(args)
+    dropout = args.dropout if args.dropout is not None else (0.5 if args.paper else 0.0)
     width = args.width or (1.0 if args.paper else (1 / 32 if args.smoke else 1 / 16))
     size = args.input_size or (224 if args.paper else 64)
     iters = args.iters or (3 if args.smoke else (20000 if args.paper else 300))
@@ -93,22 +96,24 @@ def main(argv=None):
     bs = min(args.batch_size, len(tr))
     announce("Xavier vs He init, deep plain ReLU nets (PReLU paper Figs. 2-3)", {
         "data": desc, "width": width, "input": size, "iterations": iters, "batch": bs,
-        "lr": args.lr, "device": device},
+        "lr": args.lr, "dropout": dropout, "device": device},
         None if args.paper else f"channel widths x{width:g} (depths as in the paper), "
-                                f"{size}x{size} inputs, {iters} iterations per run")
+                                f"{size}x{size} inputs, {iters} iterations per run, dropout "
+                                f"{dropout:g} (paper 0.5)")
     probe_loader = data.DataLoader(tr, batch_size=bs, shuffle=True, seed=args.seed + 1)
     xp, yp = next(iter(probe_loader))
     xp, yp = minidl.Tensor(xp, device=device), minidl.Tensor(yp, device=device)
 
     results = {"experiment": "init_study", "paper_claim": PAPER_CLAIM, "data": desc,
-               "width": width, "input_size": size, "iterations": iters, "runs": {}}
+               "width": width, "input_size": size, "iterations": iters, "dropout": dropout,
+               "lr": args.lr, "runs": {}}
     grad_series, std_series, curve_series = {}, {}, {}
     rows = []
     for net_name, fn in NETS.items():
         for init in ("he", "xavier"):
             minidl.manual_seed(args.seed)
             model = fn(activation="relu", init=init, num_classes=num_classes,
-                       width=width).to(device)
+                       width=width, dropout=dropout).to(device)
             names, stds, grads = diagnose(model, xp, yp)
             label = f"{net_name}, {init}"
             grad_series[label] = (range(1, len(grads) + 1), grads)

@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--dropout", type=float, default=None,
+                   help="drop probability in fc1/fc2 [0.5 with --paper, 0 on the CPU budget]")
     p.add_argument("--width", type=float, default=None, help="channel multiplier [1/8]")
     p.add_argument("--input-size", type=int, default=None, help="crop side [96]")
     p.add_argument("--n-per-class", type=int, default=None)
@@ -91,6 +93,7 @@ def slopes_of(model):
 def main(argv=None):
     args = parse_args(argv)
     device = setup(args)
+    dropout = args.dropout if args.dropout is not None else (0.5 if args.paper else 0.0)
     width = args.width or (1.0 if args.paper else (1 / 16 if args.smoke else 1 / 8))
     size = args.input_size or (224 if args.paper else (72 if args.smoke else 96))
     image = 256 if args.paper else size + size // 8
@@ -100,16 +103,16 @@ def main(argv=None):
     num_classes = len(tr.classes)
     announce("ReLU vs PReLU, 14-layer model (PReLU paper Tables 1-2)", {
         "data": desc, "width": width, "input": size, "epochs": epochs, "batch": bs,
-        "lr": args.lr, "device": device},
+        "lr": args.lr, "dropout": dropout, "device": device},
         None if args.paper else f"channel widths x{width:g}, {size}x{size} inputs, {epochs} "
-                                f"epochs on the generated set")
+                                f"epochs on the generated set, dropout {dropout:g} (paper 0.5)")
     loader = data.DataLoader(tr, batch_size=bs, shuffle=True, drop_last=True, seed=args.seed)
     val_loader = data.DataLoader(va, batch_size=2 * bs)
     runs = {}
     for act in ACTS:
         minidl.manual_seed(args.seed)
         model = models.prelu_net14(activation=act, num_classes=num_classes,
-                                   width=width).to(device)
+                                   width=width, dropout=dropout).to(device)
         # weight decay on the weights, none on the PReLU slopes (the paper's rule)
         opt = optim.SGD(optim.decay_groups(model, 5e-4, no_decay=("prelu",)), lr=args.lr,
                         momentum=0.9)
@@ -143,7 +146,7 @@ def main(argv=None):
     plot_bars(os.path.join(args.out, "slopes.png"), groups, "learned slope a (mean per layer)",
               "PReLU slopes per layer (init 0.25)")
     results = {"experiment": "prelu_study", "paper_claim": PAPER_CLAIM, "data": desc,
-               "width": width, "input_size": size, "epochs": epochs,
+               "width": width, "input_size": size, "epochs": epochs, "dropout": dropout,
                "val_top1_error": {a: runs[a]["val_top1_error"] for a in ACTS},
                "val_top5_error": {a: runs[a]["val_top5_error"] for a in ACTS},
                "runs": runs}

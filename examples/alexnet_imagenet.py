@@ -36,7 +36,6 @@ import numpy as np
 
 from _common import Stopwatch, announce, make_parser, print_table, setup, write_results
 
-import minidl
 import minidl.functional as F
 from minidl import data, models, optim
 from minidl.data import transforms as T

@@ -28,7 +28,7 @@ from _common import announce, make_parser, plot_lines, print_table, setup, write
 
 import minidl
 import minidl.functional as F
-from minidl import data, models, nn, optim
+from minidl import data, models, optim
 from minidl.data import transforms as T
 
 PAPER_CLAIM = {"source": "He et al. 2015 (Delving Deep into Rectifiers), Figures 2-3",

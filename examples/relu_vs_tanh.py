@@ -69,8 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=None, help="iterations per activation")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--target", type=float, default=None,
-                   help="training-error target [0.25 on CIFAR-10, as the paper; 0.5 on the "
-                        "generated shapes within the default budget]")
+                   help="training-error target [0.25, the paper's]")
     p.add_argument("--window", type=int, default=50,
                    help="iterations in the running average of the training error")
     p.add_argument("--lr-relu", type=float, default=0.005)
@@ -151,8 +150,7 @@ def main(argv=None):
     args = parse_args(argv)
     device = setup(args)
     iters = args.iters or (6 if args.smoke else (4000 if args.paper else 1000))
-    target = args.target if args.target is not None else \
-        (0.25 if (args.data or args.paper) else 0.5)
+    target = args.target if args.target is not None else 0.25
     window = min(args.window, max(1, iters // 3))
     tr, va, desc = make_data(args)
     sweep = args.lrs if args.lrs else None

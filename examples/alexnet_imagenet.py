@@ -47,7 +47,7 @@ PAPER_CLAIM = {"source": "Krizhevsky et al. 2012, ILSVRC-2012 val, one CNN, 10 v
 
 # The CPU default: measured on a 2-core CPU to finish in minutes (see examples/README.md).
 CPU = dict(width=0.25, input_size=95, image_size=108, init="he", scale=1.0,
-           mean="channel", std=True, dropout=0.0, lr=0.02, batch_size=32, epochs=12,
+           mean="channel", std=True, dropout=0.0, lr=0.02, batch_size=32, epochs=20,
            n_per_class=260,
            val_per_class=50, patience=2, plateau_min_lr=1e-4)
 PAPER = dict(width=1.0, input_size=227, image_size=256, init="paper", scale=255.0,

@@ -149,8 +149,6 @@ class Function:
     ``Function.apply(*inputs, **params)`` runs it and links the graph.
     """
 
-    __slots__ = ("parents", "needs_input_grad", "saved_tensors", "__dict__")
-
     def save_for_backward(self, *arrays):
         self.saved_tensors = arrays
 
@@ -525,7 +523,7 @@ def ones(xp, shape, dtype):
 
 def full(shape, fill_value, dtype=np.float32, device="cpu", requires_grad=False):
     """A tensor of ``shape`` filled with ``fill_value``."""
-    shape = _check_shape_args((shape,) if not isinstance(shape, int) else (shape,))
+    shape = _check_shape_args((shape,))
     xp = backend.xp_for(device)
     return Tensor(xp.full(shape, fill_value, dtype=np.dtype(dtype)), requires_grad=requires_grad)
 

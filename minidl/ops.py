@@ -135,7 +135,7 @@ class Mul(Function):
         return a * b
 
     def backward(self, gy):
-        a, b = self.saved_tensors
+        a, b = self.saved_arrays
         ga = unbroadcast(gy * b, a.shape) if self.needs_input_grad[0] else None
         gb = unbroadcast(gy * a, b.shape) if self.needs_input_grad[1] else None
         return ga, gb
@@ -147,7 +147,7 @@ class Div(Function):
         return a / b
 
     def backward(self, gy):
-        a, b = self.saved_tensors
+        a, b = self.saved_arrays
         ga = unbroadcast(gy / b, a.shape) if self.needs_input_grad[0] else None
         gb = unbroadcast(-gy * a / (b * b), b.shape) if self.needs_input_grad[1] else None
         return ga, gb
@@ -170,7 +170,7 @@ class Pow(Function):
         return y
 
     def backward(self, gy):
-        a, b, y = self.saved_tensors
+        a, b, y = self.saved_arrays
         xp = backend.get_array_module(gy)
         ga = gb = None
         if self.needs_input_grad[0]:
@@ -197,7 +197,7 @@ class MatMul(Function):
         return a @ b
 
     def backward(self, gy):
-        a, b = self.saved_tensors
+        a, b = self.saved_arrays
         xp = backend.get_array_module(gy)
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
@@ -222,7 +222,7 @@ class Abs(Function):
         return backend.get_array_module(x).abs(x)
 
     def backward(self, gy):
-        (x,) = self.saved_tensors
+        (x,) = self.saved_arrays
         xp = backend.get_array_module(x)
         return gy * xp.sign(x)
 
@@ -282,7 +282,7 @@ class Exp(Function):
         return y
 
     def backward(self, gy):
-        (y,) = self.saved_tensors
+        (y,) = self.saved_arrays
         return gy * y
 
 
@@ -293,7 +293,7 @@ class Log(Function):
         return xp.log(x)
 
     def backward(self, gy):
-        (x,) = self.saved_tensors
+        (x,) = self.saved_arrays
         return gy / x
 
 
@@ -305,7 +305,7 @@ class Sqrt(Function):
         return y
 
     def backward(self, gy):
-        (y,) = self.saved_tensors
+        (y,) = self.saved_arrays
         return gy / (2 * y)
 
 
@@ -317,7 +317,7 @@ class Tanh(Function):
         return y
 
     def backward(self, gy):
-        (y,) = self.saved_tensors
+        (y,) = self.saved_arrays
         return gy * (1 - y * y)
 
 
@@ -331,7 +331,7 @@ class Sigmoid(Function):
         return y
 
     def backward(self, gy):
-        (y,) = self.saved_tensors
+        (y,) = self.saved_arrays
         return gy * y * (1 - y)
 
 
@@ -345,7 +345,7 @@ class ReLU(Function):
         return y
 
     def backward(self, gy):
-        (y,) = self.saved_tensors
+        (y,) = self.saved_arrays
         return gy * (y > 0)
 
 
@@ -357,7 +357,7 @@ class Clip(Function):
         return xp.clip(x, lo, hi)
 
     def backward(self, gy):
-        (x,) = self.saved_tensors
+        (x,) = self.saved_arrays
         mask = True
         if self.lo is not None:
             mask = mask & (x >= self.lo)
@@ -468,7 +468,7 @@ class Max(Function):
         return y if keepdims else y.squeeze(axis=self.axes)
 
     def backward(self, gy):
-        x, y = self.saved_tensors
+        x, y = self.saved_arrays
         xp = backend.get_array_module(x)
         mask = (x == y) | (xp.isnan(x) & xp.isnan(y))
         count = mask.sum(axis=self.axes, keepdims=True)

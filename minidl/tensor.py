@@ -140,23 +140,46 @@ class Function:
 
     * ``forward(self, *arrays, **params) -> array``: the input Tensors' ``.data`` come in
       positionally (``None`` stays ``None``, e.g. a missing bias); keyword arguments are
-      non-differentiable parameters (stride, axis, ...). Save what backward needs with
-      ``self.save_for_backward(...)`` or as attributes — only what backward needs.
+      non-differentiable parameters (stride, axis, ...). Arrays that backward needs are saved
+      with ``self.save_for_backward(*arrays)`` and read back as ``self.saved_arrays``;
+      non-array parameters (shapes, strides) are kept as plain attributes.
     * ``backward(self, grad_output) -> grad or tuple of grads``: one gradient (an array, or None)
       per positional input, each with that input's shape. ``self.needs_input_grad[i]`` says
       which are wanted, so unneeded work can be skipped.
+    * optionally ``forward_cuda`` / ``backward_cuda`` with the same signatures: the GPU path
+      (usually a handwritten kernel from :mod:`minidl.cuda.kernels`). The engine calls them
+      instead of ``forward`` / ``backward`` when the inputs are CuPy arrays, so an op reads as
+      its formula with its GPU path beside it (Chainer's ``forward_cpu``/``forward_gpu``).
+      Without them, ``forward``/``backward`` serve both devices through ``xp``.
 
     ``Function.apply(*inputs, **params)`` runs it and links the graph.
     """
 
+    forward_cuda = None
+    backward_cuda = None
+
     def save_for_backward(self, *arrays):
-        self.saved_tensors = arrays
+        """Keep ``arrays`` for backward (read back as ``self.saved_arrays``)."""
+        self.saved_arrays = arrays
 
     def forward(self, *arrays, **params):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
     def backward(self, grad_output):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} has no backward")
+
+    def _forward(self, device, arrays, params):
+        """Run the device's forward (``forward_cuda`` for CuPy inputs when the op has one)."""
+        self.device = device
+        if device == "cuda" and self.forward_cuda is not None:
+            return self.forward_cuda(*arrays, **params)
+        return self.forward(*arrays, **params)
+
+    def _backward(self, grad_output):
+        """Run the device's backward (``backward_cuda`` for CuPy inputs when the op has one)."""
+        if self.device == "cuda" and self.backward_cuda is not None:
+            return self.backward_cuda(grad_output)
+        return self.backward(grad_output)
 
     @classmethod
     def apply(cls, *inputs, **params):
@@ -173,7 +196,7 @@ class Function:
                     f"{cls.__name__}: inputs are on different devices "
                     f"({', '.join(f'{x.device} {x.shape}' for x in tensors)}); "
                     "move them with .to(device) first")
-        out = fn.forward(*[None if t is None else t.data for t in inputs], **params)
+        out = fn._forward(device, [None if t is None else t.data for t in inputs], params)
         requires_grad = _grad_mode.enabled and any(t.requires_grad for t in tensors)
         result = Tensor._make(out, requires_grad)
         if requires_grad:
@@ -387,7 +410,7 @@ class Tensor:
                     node.grad = Tensor._make(node.grad.data + gy)
                 if fn is None:
                     continue
-            gxs = fn.backward(gy)
+            gxs = fn._backward(gy)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
             if len(gxs) != len(fn.parents):

@@ -153,7 +153,7 @@ class WrongSquare(minidl.Function):
         return x * x
 
     def backward(self, gy):
-        (x,) = self.saved_tensors
+        (x,) = self.saved_arrays
         return gy * x  # missing the factor 2
 
 

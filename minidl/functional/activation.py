@@ -65,7 +65,7 @@ class PReLU(Function):
         return y
 
     def backward(self, gy):
-        x, weight = self.saved_tensors
+        x, weight = self.saved_arrays
         need_x, need_w = self.needs_input_grad
         xp = xp_of(gy)
         if not is_numpy(xp):

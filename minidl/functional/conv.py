@@ -225,7 +225,7 @@ class Conv2d(Function):
         return out
 
     def backward(self, gy):
-        x, w = self.saved_tensors
+        x, w = self.saved_arrays
         stride, padding, dilation, groups = self.args
         need_x, need_w, need_b = self.needs_input_grad
         xp = xp_of(gy)

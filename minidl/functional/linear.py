@@ -14,7 +14,7 @@ class Linear(Function):
         return y
 
     def backward(self, gy):
-        x, w = self.saved_tensors
+        x, w = self.saved_arrays
         need_x, need_w, need_b = self.needs_input_grad
         g2 = gy.reshape(-1, gy.shape[-1])
         gx = (gy @ w) if need_x else None

@@ -64,7 +64,7 @@ class LocalResponseNorm(Function):
         return y
 
     def backward(self, gy):
-        x, y, scale = self.saved_tensors
+        x, y, scale = self.saved_arrays
         size, alpha, beta = self.params
         xp = xp_of(gy)
         if not is_numpy(xp):

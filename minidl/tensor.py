@@ -227,6 +227,9 @@ class Tensor:
     """
 
     __array_priority__ = 1000  # so ndarray + Tensor defers to Tensor.__radd__
+    # Bumped by every in-place change of the data (in-place ops, optimizer steps, assignments
+    # to .data); backward compares it with the value recorded when an op saved the array.
+    _version = 0
 
     def __init__(self, data, requires_grad=False, device=None, dtype=None):
         arr = _as_array(data, dtype)

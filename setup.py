@@ -7,6 +7,8 @@ numpy is the only hard run-time requirement of ``import minidl``; everything els
 * ``data``  -- Pillow, for decoding images (ImageFolder, GeneratedShapes).
 * ``plot``  -- matplotlib for learning-curve PNGs; tqdm for progress bars.
 * ``test``  -- what the test suite needs (pytest, hypothesis, Pillow, tqdm, matplotlib).
+* ``mpi``   -- mpi4py and the MPICH library with its ``mpiexec``, for ``minidl.distributed``
+  (data-parallel training over MPI; the "nccl" backend also sends its unique id over MPI).
 """
 from setuptools import setup, find_packages
 
@@ -38,6 +40,8 @@ setup(
             "tqdm>=4.60",
             "matplotlib>=3.5",
         ],
+        # minidl.distributed: `mpiexec -n 2 python script.py` (the mpich wheel brings mpiexec)
+        "mpi": ["mpi4py>=3.1", "mpich"],
         # NVRTC for `python -m minidl.cuda.nvrtc_check` without CuPy or a GPU (what CI uses)
         "nvrtc": ["cuda-bindings>=13,<14", "nvidia-cuda-nvrtc>=13,<14"],
     },

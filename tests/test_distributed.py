@@ -1,0 +1,83 @@
+"""minidl.distributed in this process: the errors that need no second rank, and the imports.
+
+The collectives and DistributedDataParallel themselves run under ``mpiexec -n 2`` in
+tests/test_distributed_mpi.py.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minidl
+import minidl.distributed as dist
+from minidl import backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def no_launcher(monkeypatch):
+    """An environment as outside any MPI launcher (and without torchrun's variables)."""
+    for var in dist._LAUNCHER_SIZE_VARS + ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    dist.destroy_process_group()
+
+
+def test_import_minidl_imports_neither_mpi4py_nor_distributed_deps():
+    code = ("import sys, minidl, minidl.distributed; "
+            "print('mpi4py' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_world_size_above_one_outside_a_launcher_is_a_clear_error(how, no_launcher,
+                                                                   monkeypatch):
+    if how == "argument":
+        call = lambda: dist.init_process_group("mpi", world_size=2)  # noqa: E731
+    else:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        call = lambda: dist.init_process_group("mpi")  # noqa: E731
+    with pytest.raises(dist.DistributedError) as e:
+        call()
+    msg = str(e.value)
+    assert "world size 2" in msg and "not started by an MPI launcher" in msg
+    assert "mpiexec -n 2" in msg
+    assert not dist.is_initialized()
+
+
+@pytest.mark.skipif(backend.is_available(), reason="this machine has a GPU: the nccl error "
+                    "case cannot happen here (the GPU check runs the nccl backend instead)")
+def test_nccl_without_a_gpu_is_a_clear_error(no_launcher):
+    with pytest.raises(dist.DistributedError) as e:
+        dist.init_process_group("nccl")
+    msg = str(e.value)
+    assert "backend 'nccl' needs CuPy and a CUDA GPU" in msg
+    assert "backend='mpi'" in msg
+    assert not dist.is_initialized()
+
+
+def test_unknown_backend_and_bad_arguments(no_launcher):
+    with pytest.raises(ValueError, match="unknown backend 'gloo'"):
+        dist.init_process_group("gloo")
+    with pytest.raises(TypeError, match="world_size must be an int"):
+        dist.init_process_group("mpi", world_size=2.0)
+
+
+def test_calls_without_a_group_say_so():
+    assert not dist.is_initialized()
+    for fn, args in ((dist.get_rank, ()), (dist.get_world_size, ()), (dist.barrier, ()),
+                     (dist.all_reduce, (np.zeros(2),)), (dist.broadcast, (np.zeros(2),))):
+        with pytest.raises(dist.DistributedError, match="not initialized"):
+            fn(*args)
+    # the helpers for scripts treat "no group" as a group of one
+    assert dist.rank_or_zero() == 0 and dist.world_size_or_one() == 1
+    assert dist.is_main_process()
+    np.testing.assert_array_equal(dist.all_reduce_values([1.5, 2]), [1.5, 2.0])
+

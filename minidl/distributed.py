@@ -187,7 +187,6 @@ def init_process_group(backend="mpi", world_size=None, rank=None):
     if backend == "nccl":
         _init_nccl(group)
     _group = group
-    return None
 
 
 def _check_nccl_available():

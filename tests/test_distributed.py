@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-import minidl
 import minidl.distributed as dist
 from minidl import backend
 
@@ -39,13 +38,13 @@ def test_import_minidl_imports_neither_mpi4py_nor_distributed_deps():
 @pytest.mark.parametrize("how", ["argument", "environment"])
 def test_world_size_above_one_outside_a_launcher_is_a_clear_error(how, no_launcher,
                                                                    monkeypatch):
+    kwargs = {}
     if how == "argument":
-        call = lambda: dist.init_process_group("mpi", world_size=2)  # noqa: E731
+        kwargs["world_size"] = 2
     else:
         monkeypatch.setenv("WORLD_SIZE", "2")
-        call = lambda: dist.init_process_group("mpi")  # noqa: E731
     with pytest.raises(dist.DistributedError) as e:
-        call()
+        dist.init_process_group("mpi", **kwargs)
     msg = str(e.value)
     assert "world size 2" in msg and "not started by an MPI launcher" in msg
     assert "mpiexec -n 2" in msg

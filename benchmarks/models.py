@@ -271,10 +271,16 @@ def main(argv=None):
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: torch's own choice)")
+    p.add_argument("--tf32", choices=("off", "on"), default="off",
+                   help="--device cuda: allow TF32 in float32 GEMMs/convolutions on BOTH sides "
+                        "(minidl.cuda.set_tf32; torch matmul and cuDNN allow_tf32) [off]")
     p.add_argument("--out", default=os.path.join("benchmarks", "results", "models.json"))
     args = p.parse_args(argv)
     if args.device == "cuda" and not backend.is_available():
         sys.exit("error: --device cuda needs CuPy and a GPU")
+    if args.device == "cuda":
+        import minidl.cuda
+        minidl.cuda.set_tf32(args.tf32 == "on")
     table = QUICK if args.quick else FULL
     kws = QUICK_KW if args.quick else FULL_KW
     repeat = args.repeat or (1 if args.quick else 3)
@@ -282,6 +288,10 @@ def main(argv=None):
     if tm is not None and args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    if tm is not None and args.device == "cuda":
+        import torch  # PyTorch's defaults differ (cuDNN TF32 on): set both switches explicitly
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "on"
+        torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
     rows, records = [], []
     for name in args.models:
         build, size, batches = table[name]
@@ -322,7 +332,7 @@ def main(argv=None):
             print(f"{name} {size}px batch {bs}: minidl {bs / sec:.1f} img/s"
                   + (f", torch {rec['torch_images_per_second']:.1f} img/s"
                      if "torch_seconds_per_step" in rec else ""), flush=True)
-    out = {"device": args.device, "quick": args.quick, "repeat": repeat,
+    out = {"device": args.device, "quick": args.quick, "repeat": repeat, "tf32": args.tf32,
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "python": platform.python_version(), "numpy": np.__version__},
            "results": records}

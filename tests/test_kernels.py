@@ -722,3 +722,33 @@ def test_empty_batch(rng):
     assert y.shape == x.shape
     gx, ga = K.prelu_backward(x, np.ones(3, np.float32), x)
     np.testing.assert_array_equal(ga, np.zeros(3, np.float32))
+
+
+def test_tf32_switch():
+    """minidl.cuda.set_tf32: off by default, a bool only, returns the previous setting, and (where
+    a GPU is present) sets CuPy's float32 GEMM compute type."""
+    import minidl.cuda as mc
+    old = mc.set_tf32(False)
+    try:
+        assert mc.tf32_enabled() is False
+        with pytest.raises(TypeError, match="True or False"):
+            mc.set_tf32(1)
+        assert mc.set_tf32(True) is False and mc.tf32_enabled() is True
+        if backend.is_available():
+            linalg = backend.cupy_module()._core._routines_linalg
+            assert linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
+            mc.set_tf32(False)
+            assert linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_DEFAULT
+    finally:
+        mc.set_tf32(old)
+
+
+def test_tf32_default_off_and_env(monkeypatch):
+    import minidl.cuda as mc
+    monkeypatch.setitem(mc._tf32, "on", None)  # as in a fresh process
+    monkeypatch.delenv("MINIDL_TF32", raising=False)
+    assert mc.tf32_enabled() is False
+    monkeypatch.setenv("MINIDL_TF32", "1")
+    assert mc.tf32_enabled() is True
+    monkeypatch.setenv("MINIDL_TF32", "off")
+    assert mc.tf32_enabled() is False

@@ -279,8 +279,8 @@ def main(argv=None):
     if args.device == "cuda" and not backend.is_available():
         sys.exit("error: --device cuda needs CuPy and a GPU")
     if args.device == "cuda":
-        import minidl.cuda
-        minidl.cuda.set_tf32(args.tf32 == "on")
+        from minidl import cuda as minidl_cuda
+        minidl_cuda.set_tf32(args.tf32 == "on")
     table = QUICK if args.quick else FULL
     kws = QUICK_KW if args.quick else FULL_KW
     repeat = args.repeat or (1 if args.quick else 3)

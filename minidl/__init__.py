@@ -18,5 +18,6 @@ from minidl.random import manual_seed  # noqa: F401
 from minidl.gradcheck import GradcheckError, gradcheck  # noqa: F401
 from minidl import cuda  # noqa: F401
 from minidl import functional, nn, optim, data, models  # noqa: F401
+from minidl.serialization import load, save  # noqa: F401
 
 __version__ = "0.1.0"

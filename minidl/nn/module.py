@@ -5,12 +5,25 @@ submodule, and ``register_buffer(name, tensor)`` a buffer (state that is saved b
 like batch norm's running statistics). All three are kept in registration order (dicts, never
 sets), so ``state_dict()`` keys, optimizer state and results are deterministic for a seed.
 """
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
+from collections.abc import Mapping
 
 import numpy as np
 
 from minidl import backend
-from minidl.tensor import Tensor
+from minidl.tensor import Tensor, _is_array
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+IncompatibleKeys.__doc__ = ("What :meth:`Module.load_state_dict` returns: the module's keys the "
+                            "state dict lacked and the state dict's keys the module lacks.")
+
+
+class StateDictError(KeyError, RuntimeError):
+    """Missing or unexpected keys in a strict ``load_state_dict`` (a KeyError as minidl always
+    raised, and a RuntimeError as torch raises)."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
 
 
 class Parameter(Tensor):
@@ -269,12 +282,19 @@ class Module:
         return out
 
     def load_state_dict(self, state_dict, strict=True):
-        """Copy values (Tensors or arrays) into this module's parameters and buffers.
+        """Copy values (Tensors or arrays, e.g. the mapping :func:`minidl.load` returns) into this
+        module's parameters and buffers.
 
-        Returns ``(missing_keys, unexpected_keys)``. With ``strict=True`` either being non-empty
-        raises KeyError; a shape mismatch always raises ValueError naming the key and shapes.
-        Values are cast to each parameter's dtype and moved to its device.
+        Returns ``IncompatibleKeys(missing_keys, unexpected_keys)`` (a named tuple, unpackable as
+        ``missing, unexpected``). With ``strict=True`` either being non-empty raises
+        :class:`StateDictError` (a KeyError and a RuntimeError) listing them. Whatever
+        ``strict``, a value that is None, not a Tensor/array, not numeric, or of the wrong shape
+        raises (TypeError / ValueError naming the key, the shapes and dtypes) before anything is
+        copied. Values are cast to each parameter's dtype and moved to its device.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict for {type(self).__name__}: expected a mapping of "
+                            f"names to Tensors or arrays, got {type(state_dict).__name__}")
         own = OrderedDict()
         for mname, m in self.named_modules():
             for store in (m._parameters, m._buffers):
@@ -284,23 +304,41 @@ class Module:
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
-                           f"unexpected keys {unexpected}")
+            raise StateDictError(f"load_state_dict for {type(self).__name__}: missing keys "
+                                 f"{missing}, unexpected keys {unexpected}")
+        arrays, wrong_shapes = OrderedDict(), []
         for k, t in own.items():
             if k not in state_dict:
                 continue
             v = state_dict[k]
-            v = v.data if isinstance(v, Tensor) else v
-            if tuple(v.shape) != t.shape:
-                raise ValueError(f"load_state_dict: {k!r} has shape {tuple(v.shape)} in the "
-                                 f"state dict but {t.shape} in the module")
-        for k, t in own.items():
-            if k in state_dict:
-                v = state_dict[k]
-                v = v.data if isinstance(v, Tensor) else v
-                arr = backend.to_device(v, t.device).astype(t.dtype, copy=True)
-                t.data = arr
-        return missing, unexpected
+            if v is None:
+                raise TypeError(f"load_state_dict for {type(self).__name__}: {k!r} is None in "
+                                f"the state dict (expected a Tensor or array of shape "
+                                f"{t.shape})")
+            if isinstance(v, Tensor):
+                arr = v.data
+            elif _is_array(v) or isinstance(v, np.generic):
+                arr = v if _is_array(v) else np.asarray(v)
+            else:
+                raise TypeError(f"load_state_dict for {type(self).__name__}: {k!r} is a "
+                                f"{type(v).__name__} in the state dict (expected a Tensor or "
+                                f"array of shape {t.shape})")
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"load_state_dict for {type(self).__name__}: {k!r} has dtype "
+                                f"{arr.dtype} in the state dict, which cannot be copied into "
+                                f"a {t.dtype} {'parameter' if isinstance(t, Parameter) else 'buffer'}")
+            if tuple(arr.shape) != t.shape:
+                wrong_shapes.append(f"{k!r} has shape {tuple(arr.shape)} in the state dict but "
+                                    f"{t.shape} in the module")
+            arrays[k] = arr
+        if wrong_shapes:
+            raise ValueError(f"load_state_dict for {type(self).__name__}: "
+                             + "; ".join(wrong_shapes))
+        for k, arr in arrays.items():
+            t = own[k]
+            t.data = backend.to_device(arr, t.device).astype(t.dtype, copy=True)
+            t._version += 1
+        return IncompatibleKeys(missing, unexpected)
 
     # -- display -----------------------------------------------------------------------------
     def extra_repr(self):

@@ -7,11 +7,18 @@
     opt = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
               style="paper")                                             # AlexNet form
 
-See :mod:`minidl.optim.sgd` for the two SGD formulas side by side.
+See :mod:`minidl.optim.sgd` for the two SGD formulas side by side. :class:`Adam`,
+:class:`AdamW`, :class:`RMSprop` and :class:`Adadelta` are torch's, with its defaults, arguments
+and ``state_dict`` layout (``{"state": {index: {"step": ..., "exp_avg": ...}},
+"param_groups": [...]}``); every optimizer bumps ``p._version`` of each parameter it updates.
 """
 from minidl.optim.optimizer import Optimizer  # noqa: F401
 from minidl.optim.sgd import SGD  # noqa: F401
+from minidl.optim.adam import Adam, AdamW  # noqa: F401
+from minidl.optim.rmsprop import RMSprop  # noqa: F401
+from minidl.optim.adadelta import Adadelta  # noqa: F401
 from minidl.optim.groups import decay_groups  # noqa: F401
 from minidl.optim import lr_scheduler  # noqa: F401
 
-__all__ = ["Optimizer", "SGD", "decay_groups", "lr_scheduler"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adadelta", "decay_groups",
+           "lr_scheduler"]

@@ -16,6 +16,11 @@ Everything in it is a Python number, string, bool, None, list/dict of those, or 
 :func:`minidl.train.checkpoint.save_checkpoint` can store it as JSON plus ``.npy`` entries.
 """
 import copy
+import math
+import numbers
+import operator
+
+import numpy as np
 
 from minidl import backend
 from minidl.tensor import Tensor
@@ -27,6 +32,49 @@ class _Required:
 
 
 required = _Required()
+
+
+def check_number(owner, name, value, low=0.0, high=None, low_open=False, high_open=False):
+    """Check a hyperparameter: a real number (not a bool, not a string), not NaN, finite, in
+    ``[low, high]`` (ends excluded with ``low_open`` / ``high_open``; ``None`` = unbounded).
+
+    Raises TypeError or ValueError naming ``owner`` (e.g. "Adam") and the argument ``name``;
+    returns ``value`` unchanged."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a real number, got {value!r} "
+                        f"({type(value).__name__})")
+    v = float(value)
+    ok = math.isfinite(v)
+    if ok and low is not None:
+        ok = v > low if low_open else v >= low
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    if not ok:
+        lo = "unbounded" if low is None else f"{'(' if low_open else '['}{low:g}"
+        hi = "unbounded" if high is None else f"{high:g}{')' if high_open else ']'}"
+        if high is None:
+            want = f"a finite number {'>' if low_open else '>='} {low:g}"
+        elif low is None:
+            want = f"a finite number {'<' if high_open else '<='} {high:g}"
+        else:
+            want = f"a number in {lo}, {hi}"
+        raise ValueError(f"{owner}: invalid {name} {value!r} (expected {want})")
+    return value
+
+
+def check_index(owner, name, value, low=0):
+    """An integer (``operator.index``: 3 and numpy ints, not 2.5, not "3", not True) >= ``low``;
+    raises TypeError/ValueError naming ``owner`` and ``name``. Returns the int."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{owner}: {name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{owner}: {name} must be an integer, got {value!r} "
+                        f"({type(value).__name__})") from None
+    if v < low:
+        raise ValueError(f"{owner}: invalid {name} {value!r} (expected an integer >= {low})")
+    return v
 
 
 class Optimizer:
@@ -146,18 +194,64 @@ class Optimizer:
                                  "param group has")
             entry = {}
             for k, v in st.items():
-                if hasattr(v, "shape") and hasattr(v, "dtype") and getattr(v, "ndim", 0) > 0:
+                if isinstance(v, Tensor):  # e.g. from minidl.load of a torch checkpoint
+                    v = v.data
+                if k == "step":  # a count, kept on the CPU as float32 (as torch keeps it)
+                    v = np.array(float(backend.to_numpy(v) if hasattr(v, "shape") else v),
+                                 dtype=np.float32)
+                elif hasattr(v, "shape") and hasattr(v, "dtype") and getattr(v, "ndim", 0) > 0:
                     if tuple(v.shape) != p.shape:
                         raise ValueError(f"optimizer state {k!r} of parameter {idx} has shape "
                                          f"{tuple(v.shape)}, the parameter {p.shape}")
                     v = backend.to_device(v, p.device).astype(p.dtype, copy=True)
                 entry[k] = v
             new_state[p] = entry
-        self.state = new_state
+        new_groups = []
         for sg, g in zip(saved_groups, self.param_groups):
-            for k, v in sg.items():
-                if k != "params":
-                    g[k] = copy.deepcopy(v)
+            ng = {k: (copy.deepcopy(v) if k != "params" else g["params"]) for k, v in sg.items()}
+            for k, v in g.items():
+                ng.setdefault(k, v)
+            self._check_group(ng)  # all checks before anything changes
+            new_groups.append(ng)
+        self.state = new_state
+        for ng, g in zip(new_groups, self.param_groups):
+            g.clear()
+            g.update(ng)
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def _grad(self, p):
+        """``p.grad`` as an array (None when there is none), checked against ``p``."""
+        if p.grad is None:
+            return None
+        grad = p.grad.data
+        if backend.device_of(grad) != p.device:
+            raise backend.DeviceError(f"{type(self).__name__}: a parameter of shape {p.shape} "
+                                      f"is on {p.device} but its gradient on "
+                                      f"{backend.device_of(grad)}")
+        if tuple(grad.shape) != p.shape:
+            raise ValueError(f"{type(self).__name__}: a parameter of shape {p.shape} has a "
+                             f"gradient of shape {tuple(grad.shape)}")
+        return grad
+
+    def _buffer(self, p, name):
+        """``self.state[p][name]`` on the parameter's device (moved there if the model moved
+        after the optimizer was built), or None."""
+        st = self.state.get(p)
+        if st is None:
+            return None
+        buf = st.get(name)
+        if buf is not None and getattr(buf, "ndim", 0) > 0 and backend.device_of(buf) != p.device:
+            buf = backend.to_device(buf, p.device)
+            st[name] = buf
+        return buf
+
+    @staticmethod
+    def _count_step(st):
+        """Add one to ``st["step"]`` (a 0-d float32 array, as torch stores it); return the new
+        count as a Python float."""
+        step = float(st.get("step", 0.0)) + 1.0
+        st["step"] = np.array(step, dtype=np.float32)
+        return step
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
@@ -168,3 +262,15 @@ class Optimizer:
                     lines.append(f"    {k}: {g[k]}")
         lines.append(")")
         return "\n".join(lines)
+
+
+def apply_update(p, delta=None):
+    """``p.data += delta`` in place (a fresh array only if the data cannot be written), and
+    ``p._version += 1`` so that a backward through a graph that saved the old value raises.
+    With ``delta=None`` only the version is bumped (the caller already wrote ``p.data``)."""
+    if delta is not None:
+        try:
+            p.data += delta
+        except ValueError:  # a read-only NumPy array (e.g. a broadcast view): replace it
+            p.data = p.data + delta
+    p._version += 1

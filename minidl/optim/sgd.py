@@ -25,10 +25,8 @@ Updates are in place on each ``p.data`` array (NumPy or CuPy, through the array'
 operators), so Parameters keep their identity and their memory; momentum buffers live on the
 parameter's device (moved there if the model was moved after the optimizer was built).
 """
-import numbers
-
 from minidl import backend
-from minidl.optim.optimizer import Optimizer, required
+from minidl.optim.optimizer import Optimizer, apply_update, check_number, required
 from minidl.tensor import enable_grad
 
 STYLES = ("torch", "paper")
@@ -49,13 +47,11 @@ class SGD(Optimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, g):
-        lr, m, d, wd = g["lr"], g["momentum"], g["dampening"], g["weight_decay"]
-        if not (isinstance(lr, numbers.Real) and lr >= 0):
-            raise ValueError(f"SGD: invalid learning rate {lr!r} (expected a number >= 0)")
-        if m < 0:
-            raise ValueError(f"SGD: invalid momentum {m} (expected >= 0)")
-        if wd < 0:
-            raise ValueError(f"SGD: invalid weight_decay {wd} (expected >= 0)")
+        check_number("SGD", "learning rate (lr)", g["lr"])
+        check_number("SGD", "momentum", g["momentum"])
+        check_number("SGD", "dampening", g["dampening"])
+        check_number("SGD", "weight_decay", g["weight_decay"])
+        m, d = g["momentum"], g["dampening"]
         if g["style"] not in STYLES:
             raise ValueError(f"SGD: style must be one of {STYLES}, got {g['style']!r}")
         if g["nesterov"] and (m <= 0 or d != 0):
@@ -75,28 +71,14 @@ class SGD(Optimizer):
         for g in self.param_groups:
             lr, m, d, wd = g["lr"], g["momentum"], g["dampening"], g["weight_decay"]
             for p in g["params"]:
-                if p.grad is None:
+                grad = self._grad(p)
+                if grad is None:
                     continue
-                grad = p.grad.data
-                if backend.device_of(grad) != p.device:
-                    raise backend.DeviceError(f"SGD: a parameter of shape {p.shape} is on "
-                                              f"{p.device} but its gradient on "
-                                              f"{backend.device_of(grad)}")
                 if g["style"] == "paper":
                     self._paper_update(p, grad, lr, m, wd)
                 else:
                     self._torch_update(p, grad, lr, m, d, wd, g["nesterov"])
         return loss
-
-    def _buffer(self, p, name):
-        st = self.state.get(p)
-        if st is None:
-            return None
-        buf = st.get(name)
-        if buf is not None and backend.device_of(buf) != p.device:
-            buf = backend.to_device(buf, p.device)  # the model moved after we were built
-            st[name] = buf
-        return buf
 
     def _torch_update(self, p, grad, lr, m, d, wd, nesterov):
         w = p.data
@@ -111,7 +93,7 @@ class SGD(Optimizer):
                 buf *= m
                 buf += (1 - d) * grad
             grad = grad + m * buf if nesterov else buf
-        _update(p, -lr * grad)
+        apply_update(p, -lr * grad)
 
     def _paper_update(self, p, grad, lr, m, wd):
         w = p.data
@@ -124,12 +106,5 @@ class SGD(Optimizer):
         if wd != 0:
             v -= (wd * lr) * w
         v -= lr * grad
-        _update(p, v)
+        apply_update(p, v)
 
-
-def _update(p, delta):
-    """``p.data += delta`` in place (a fresh array only if the data cannot be written)."""
-    try:
-        p.data += delta
-    except ValueError:  # a read-only NumPy array (e.g. a broadcast view): replace it
-        p.data = p.data + delta

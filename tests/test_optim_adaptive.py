@@ -34,7 +34,7 @@ def _grad(p, g):
     p.grad = minidl.Tensor(np.asarray(g, dtype=p.dtype), device=p.device)
 
 
-# -- hand-computed steps ----------------------------------------------------------------------------
+# -- hand-computed steps ---------------------------------------------------------------------------
 
 def test_adam_two_steps_by_hand():
     p = _param([1.0])
@@ -144,7 +144,7 @@ def test_torch_defaults():
                                           maximize=False)
 
 
-# -- step by step against torch -----------------------------------------------------------------------
+# -- step by step against torch --------------------------------------------------------------------
 
 CASES = [
     ("Adam", {}), ("Adam", dict(weight_decay=0.1, amsgrad=True)),
@@ -324,7 +324,7 @@ def test_load_state_dict_accepts_tensors_and_numbers():
     np.testing.assert_array_equal(st["exp_avg"], [0.1, 0.2])
 
 
-# -- versions -------------------------------------------------------------------------------------
+# -- versions --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adadelta"])
 def test_each_update_bumps_the_version_of_updated_parameters_only(name):
@@ -338,7 +338,7 @@ def test_each_update_bumps_the_version_of_updated_parameters_only(name):
     assert q._version == v_q  # no gradient: not touched, not bumped
 
 
-# -- validation (issue: NaN / negative hyperparameters are rejected, naming the argument) ---------
+# -- validation (issue: NaN / negative hyperparameters are rejected, naming the argument) ----------
 
 BAD = [
     ("Adam", "lr", float("nan")), ("Adam", "lr", -1e-3), ("Adam", "eps", -1.0),
@@ -392,7 +392,7 @@ def test_load_state_dict_with_a_bad_value_changes_nothing():
     np.testing.assert_array_equal(opt.state[p]["exp_avg"], before[1]["exp_avg"])
 
 
-# -- devices ----------------------------------------------------------------------------------------
+# -- devices ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adadelta"])
 def test_same_result_on_each_device(device, name):

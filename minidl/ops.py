@@ -12,6 +12,7 @@ Conventions for writers of Functions (here and in :mod:`minidl.functional`):
 * broadcasting is undone by :func:`minidl.tensor.unbroadcast`, nowhere else.
 """
 import builtins
+import operator
 
 import numpy as np
 
@@ -53,19 +54,36 @@ def _check_broadcast(name, a, b):
                          "(trailing dimensions must be equal or 1)") from None
 
 
-def _norm_axis(axis, ndim):
-    """A sorted tuple of non-negative axes (all axes for None)."""
+def check_dim(dim, ndim, op="", shape=None):
+    """``dim`` as a non-negative int, range-checked as PyTorch does.
+
+    ``dim`` must be an integer (``operator.index``: 1.5 is a TypeError) in ``[-ndim, ndim)``;
+    otherwise IndexError names the op, the dim and the shape. A 0-d tensor accepts -1 and 0
+    (PyTorch's rule). Ops that add a dimension (``unsqueeze``, ``stack``) pass ``ndim + 1``.
+    """
+    try:
+        d = operator.index(dim)
+    except TypeError:
+        raise TypeError(f"{op}: dim must be an integer, got {dim!r} "
+                        f"({type(dim).__name__})") from None
+    n = builtins.max(ndim, 1)
+    if not -n <= d < n:
+        where = f"a tensor of shape {tuple(shape)}" if shape is not None else f"{ndim} dimensions"
+        raise IndexError(f"{op}: dim {d} is out of range for {where} (expected a dim in "
+                         f"[{-n}, {n - 1}])")
+    return d % n
+
+
+def _norm_axis(axis, ndim, op="", shape=None):
+    """A sorted tuple of non-negative axes (all axes for None), each range-checked."""
     if axis is None:
         return tuple(range(ndim))
-    if isinstance(axis, (int, np.integer)):
-        axis = (int(axis),)
-    out = []
-    for a in axis:
-        a = int(a)
-        if not -ndim <= a < builtins.max(ndim, 1):
-            raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
-        out.append(a % builtins.max(ndim, 1))
-    return tuple(sorted(out))
+    if not isinstance(axis, (tuple, list)):
+        axis = (axis,)
+    out = tuple(sorted(check_dim(a, ndim, op, shape) for a in axis))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: dim {tuple(axis)} repeats a dimension (shape {shape})")
+    return out
 
 
 def _expand_reduced(g, shape, axes, keepdims):
@@ -438,7 +456,8 @@ def minimum(a, b):
 
 class Sum(Function):
     def forward(self, x, axis, keepdims):
-        self.shape, self.axes, self.keepdims = x.shape, _norm_axis(axis, x.ndim), keepdims
+        self.shape, self.axes, self.keepdims = x.shape, _norm_axis(axis, x.ndim, "sum",
+                                                                   x.shape), keepdims
         return x.sum(axis=self.axes, keepdims=keepdims)
 
     def backward(self, gy):
@@ -447,7 +466,8 @@ class Sum(Function):
 
 class Mean(Function):
     def forward(self, x, axis, keepdims):
-        self.shape, self.axes, self.keepdims = x.shape, _norm_axis(axis, x.ndim), keepdims
+        self.shape, self.axes, self.keepdims = x.shape, _norm_axis(axis, x.ndim, "mean",
+                                                                   x.shape), keepdims
         self.n = int(np.prod([x.shape[a] for a in self.axes])) if self.axes else 1
         return x.mean(axis=self.axes, keepdims=keepdims)
 
@@ -459,7 +479,7 @@ class Max(Function):
     """max over axes; the gradient is shared equally among tied maxima (NaN propagates)."""
 
     def forward(self, x, axis, keepdims, mode):
-        self.axes, self.keepdims = _norm_axis(axis, x.ndim), keepdims
+        self.axes, self.keepdims = _norm_axis(axis, x.ndim, mode, x.shape), keepdims
         if x.size == 0:
             raise ValueError(f"{mode}() of an empty tensor of shape {x.shape}")
         y = x.max(axis=self.axes, keepdims=True) if mode == "max" \
@@ -494,7 +514,7 @@ def min(x, axis=None, keepdims=False):
 
 def var(x, axis=None, keepdims=False, ddof=0):
     """Variance (biased by default; ``ddof=1`` for the unbiased estimate)."""
-    axes = _norm_axis(axis, x.ndim)
+    axes = _norm_axis(axis, x.ndim, "var", x.shape)
     n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
     d = x - mean(x, axis=axes, keepdims=True)
     return sum(d * d, axis=axes, keepdims=keepdims) / builtins.max(n - ddof, 1)
@@ -502,10 +522,15 @@ def var(x, axis=None, keepdims=False, ddof=0):
 
 def argmax(x, axis=None):
     """Indices of the maxima (no gradient; int64)."""
+    if axis is not None:
+        axis = check_dim(axis, x.ndim, "argmax", x.shape)
     return Tensor._make(x.data.argmax(axis=axis).astype(np.int64))
 
 
 def argmin(x, axis=None):
+    """Indices of the minima (no gradient; int64)."""
+    if axis is not None:
+        axis = check_dim(axis, x.ndim, "argmin", x.shape)
     return Tensor._make(x.data.argmin(axis=axis).astype(np.int64))
 
 
@@ -631,10 +656,11 @@ def transpose(x, *axes):
         axes = tuple(axes[0])
     if not axes:
         axes = tuple(reversed(range(x.ndim)))
-    if sorted(a % builtins.max(x.ndim, 1) for a in axes) != list(range(x.ndim)):
+    axes = tuple(check_dim(a, x.ndim, "transpose", x.shape) for a in axes) if x.ndim else ()
+    if sorted(axes) != list(range(x.ndim)):
         raise ValueError(f"transpose: axes {axes} are not a permutation of the {x.ndim} "
                          f"dimensions of a tensor of shape {x.shape}")
-    return Transpose.apply(x, axes=tuple(a % x.ndim for a in axes))
+    return Transpose.apply(x, axes=axes)
 
 
 def permute(x, *axes):
@@ -643,9 +669,10 @@ def permute(x, *axes):
 
 def flatten(x, start_dim=0, end_dim=-1):
     """Merge dimensions start_dim..end_dim (inclusive) into one, as torch.flatten."""
+    s = check_dim(start_dim, x.ndim, "flatten", x.shape)
+    e = check_dim(end_dim, x.ndim, "flatten", x.shape)
     if x.ndim == 0:
         return reshape(x, 1)
-    s, e = start_dim % x.ndim, end_dim % x.ndim
     if s > e:
         raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for "
                          f"shape {x.shape}")
@@ -657,7 +684,7 @@ def squeeze(x, axis=None):
     if axis is None:
         shape = tuple(n for n in x.shape if n != 1)
     else:
-        axes = _norm_axis(axis, x.ndim)
+        axes = _norm_axis(axis, x.ndim, "squeeze", x.shape)
         for a in axes:
             if x.shape[a] != 1:
                 raise ValueError(f"squeeze: axis {a} of shape {x.shape} is not 1")
@@ -666,7 +693,8 @@ def squeeze(x, axis=None):
 
 
 def unsqueeze(x, axis):
-    axis = axis % (x.ndim + 1)
+    """Insert a dimension of size 1 at ``axis`` (in ``[-ndim-1, ndim]``)."""
+    axis = check_dim(axis, x.ndim + 1, "unsqueeze", x.shape)
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
@@ -691,7 +719,9 @@ def concatenate(tensors, axis=0):
     if not tensors:
         raise ValueError("concatenate: need at least one tensor")
     ref = tensors[0]
-    ax = axis % ref.ndim
+    if ref.ndim == 0:
+        raise ValueError("concatenate: zero-dimensional tensors cannot be concatenated; use stack")
+    ax = check_dim(axis, ref.ndim, "concatenate", ref.shape)
     for t in tensors:
         if t.ndim != ref.ndim or t.shape[:ax] + t.shape[ax + 1:] != ref.shape[:ax] + ref.shape[ax + 1:]:
             raise ValueError("concatenate: shapes " + ", ".join(str(u.shape) for u in tensors) +
@@ -707,7 +737,8 @@ def stack(tensors, axis=0):
     if len({t.shape for t in tensors}) != 1:
         raise ValueError("stack: all shapes must be equal, got " +
                          ", ".join(str(t.shape) for t in tensors))
-    return Stack.apply(*tensors, axis=axis % (tensors[0].ndim + 1))
+    return Stack.apply(*tensors, axis=check_dim(axis, tensors[0].ndim + 1, "stack",
+                                                tensors[0].shape))
 
 
 cat = concatenate

@@ -86,20 +86,30 @@ def _as_array(data, dtype=None):
     of them become float32, Python ints int64, bools bool.
     """
     if isinstance(data, Tensor):
-        data = data.data
+        data = data._data
     if _is_array(data):
         arr = data
     elif isinstance(data, np.generic):
         arr = np.asarray(data)
     else:
-        arr = np.asarray(data)
+        if isinstance(data, (str, bytes)):
+            raise TypeError(f"cannot make a Tensor from a {type(data).__name__} ({data!r:.40}); "
+                            "expected an array, a number or a nested list of numbers")
+        try:
+            arr = np.asarray(data)
+        except ValueError as e:  # ragged nested lists (NumPy >= 1.24)
+            raise TypeError(f"cannot make a Tensor from a ragged nested {type(data).__name__} "
+                            f"(its rows have different lengths): {e}") from None
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
         elif arr.dtype.kind in "iu" and arr.dtype != np.int64:
             arr = arr.astype(np.int64)
-        elif arr.dtype == object:
-            raise TypeError(f"cannot make a Tensor from {type(data).__name__} "
-                            "(expected an array, a number or a nested list of numbers)")
+    if arr.dtype.kind not in "biufc":
+        what = {"O": "objects", "U": "strings", "S": "bytes", "V": "records",
+                "M": "datetimes", "m": "timedeltas"}.get(arr.dtype.kind, str(arr.dtype))
+        raise TypeError(f"cannot make a Tensor from {type(data).__name__} holding {what} "
+                        f"(dtype {arr.dtype}); expected an array, a number or a nested list of "
+                        "numbers of one shape")
     if dtype is not None:
         dtype = np.dtype(dtype)
         if arr.dtype != dtype:
@@ -153,10 +163,29 @@ class Function:
       Without them, ``forward``/``backward`` serve both devices through ``xp``.
 
     ``Function.apply(*inputs, **params)`` runs it and links the graph.
+
+    Saved arrays are checked: when an array given to ``save_for_backward`` is an input's
+    ``.data`` (or a NumPy/CuPy view of the same memory) or the output itself, the engine records
+    that Tensor's ``_version``; ``backward()`` raises if it changed in between (an in-place op,
+    an optimizer step, an assignment to ``.data``). Arrays an op computes and saves itself
+    (copies) need no check. After a backward without ``retain_graph=True`` the Function drops
+    everything it held; reaching it again raises an error naming ``retain_graph=True``.
+
+    Mixed dtypes: the generic ops of :mod:`minidl.ops` follow NumPy's promotion (a float32 and a
+    float64 operand give float64; a Python number takes the tensor's dtype), and every gradient
+    is cast to the dtype of the Tensor it flows into, so a leaf's ``.grad`` always has the
+    leaf's dtype. The layer functions of :mod:`minidl.functional` (linear, conv, pooling,
+    normalization, ...) do not promote: their floating inputs must share one dtype, and a
+    mismatch raises a TypeError naming both dtypes and the argument (cast with
+    ``.to(dtype=...)``), as ``conv2d`` does.
     """
 
     forward_cuda = None
     backward_cuda = None
+    saved_arrays = ()
+    _saved_versions = None   # ((Tensor, version), ...) for saved arrays that belong to inputs
+    _saves_output = False    # a saved array is the output (checked against its node's _version)
+    _freed = False           # set by backward() without retain_graph
 
     def save_for_backward(self, *arrays):
         """Keep ``arrays`` for backward (read back as ``self.saved_arrays``)."""
@@ -167,6 +196,10 @@ class Function:
 
     def backward(self, grad_output):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} has no backward")
+
+    def name(self):
+        """The node's name as ``grad_fn`` prints it: ``Conv2dFunction`` -> ``Conv2dBackward``."""
+        return _node_name(type(self))
 
     def _forward(self, device, arrays, params):
         """Run the device's forward (``forward_cuda`` for CuPy inputs when the op has one)."""
@@ -180,6 +213,49 @@ class Function:
         if self.device == "cuda" and self.backward_cuda is not None:
             return self.backward_cuda(grad_output)
         return self.backward(grad_output)
+
+    def _record_versions(self, inputs, out):
+        """Remember the versions of the Tensors whose memory the saved arrays are."""
+        recs = []
+        out_root = _root(out)
+        for a in self.saved_arrays:
+            if a is None or not hasattr(a, "shape"):
+                continue
+            r = _root(a)
+            if a is out or r is out_root:
+                self._saves_output = True
+                continue
+            for t in inputs:
+                if t is not None and r is _root(t._data):
+                    recs.append((t, t._version))
+                    break
+        if recs:
+            self._saved_versions = tuple(recs)
+
+    def _check_versions(self, node):
+        """Raise (PyTorch's message shape) when a saved Tensor was changed in place."""
+        bad = None
+        if self._saves_output and node._version != 0:
+            bad = (node, node._version, 0, "its output")
+        elif self._saved_versions:
+            for t, v in self._saved_versions:
+                if t._version != v:
+                    bad = (t, t._version, v, "an input")
+                    break
+        if bad is not None:
+            t, now, then, what = bad
+            raise RuntimeError(
+                f"one of the variables needed for gradient computation has been modified by an "
+                f"in-place operation: [{t.dtype} tensor of shape {list(t.shape)}], {what} of "
+                f"{self.name()}, is at version {now}; expected version {then} instead. It was "
+                "changed between the forward pass and backward() (an in-place op such as add_ "
+                "or -=, an optimizer step, or an assignment to .data); run the forward again "
+                "after the change, or change a .clone() of the tensor instead")
+
+    def _free(self):
+        """Drop the parents and saved arrays (backward without retain_graph)."""
+        self.__dict__.clear()
+        self._freed = True
 
     @classmethod
     def apply(cls, *inputs, **params):
@@ -196,14 +272,52 @@ class Function:
                     f"{cls.__name__}: inputs are on different devices "
                     f"({', '.join(f'{x.device} {x.shape}' for x in tensors)}); "
                     "move them with .to(device) first")
-        out = fn._forward(device, [None if t is None else t.data for t in inputs], params)
+        out = fn._forward(device, [None if t is None else t._data for t in inputs], params)
         requires_grad = _grad_mode.enabled and any(t.requires_grad for t in tensors)
         result = Tensor._make(out, requires_grad)
         if requires_grad:
             fn.parents = inputs
             fn.needs_input_grad = tuple(t is not None and t.requires_grad for t in inputs)
             result._ctx = fn
+            if fn.saved_arrays:
+                fn._record_versions(inputs, out)
         return result
+
+
+def _root(a):
+    """The array that owns ``a``'s memory (NumPy and CuPy collapse chains of views)."""
+    b = getattr(a, "base", None)
+    return a if b is None else b
+
+
+def _node_name(cls):
+    name = cls.__name__
+    if name.endswith("Function") and len(name) > len("Function"):
+        name = name[:-len("Function")]
+    return name + "Backward"
+
+
+class RemovableHandle:
+    """Returned by the ``register_*hook`` methods: ``handle.remove()`` unregisters the hook
+    (also usable as a context manager, as PyTorch's ``RemovableHandle``)."""
+
+    _next_id = 0
+
+    def __init__(self, hooks_dict, hook):
+        self._hooks = hooks_dict
+        self.id = RemovableHandle._next_id
+        RemovableHandle._next_id += 1
+        hooks_dict[self.id] = hook
+
+    def remove(self):
+        self._hooks.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,19 +337,28 @@ class Tensor:
       as default; pass ``device`` explicitly to move.
 
     Attributes: ``.data`` (the array), ``.grad`` (a Tensor or None), ``.shape``, ``.dtype``,
-    ``.device``, ``.ndim``, ``.size``, ``.requires_grad``, ``.is_leaf``.
+    ``.device``, ``.ndim``, ``.size``, ``.requires_grad``, ``.is_leaf``, ``.grad_fn``,
+    ``._version`` (the in-place change counter, see :attr:`data`).
+
+    In-place methods (``add_``, ``sub_``, ``mul_``, ``div_``, ``clamp_``, ``copy_``, ``fill_``,
+    ``zero_`` and ``+=``, ``-=``, ``*=``, ``/=``) write into this Tensor's array, keep the object
+    (a Parameter stays the same Parameter) and bump ``_version``. As in PyTorch they raise on a
+    leaf that requires grad unless run under ``no_grad()``; minidl also refuses them on tensors
+    inside a recorded graph (PyTorch rewrites the graph there): write ``y = y + x`` instead.
     """
 
     __array_priority__ = 1000  # so ndarray + Tensor defers to Tensor.__radd__
     # Bumped by every in-place change of the data (in-place ops, optimizer steps, assignments
     # to .data); backward compares it with the value recorded when an op saved the array.
     _version = 0
+    _hooks = None            # {id: fn(grad) -> grad | None}, see register_hook
+    _post_acc_hooks = None   # {id: fn(tensor)}, see register_post_accumulate_grad_hook
 
     def __init__(self, data, requires_grad=False, device=None, dtype=None):
         arr = _as_array(data, dtype)
         if device is not None:
             arr = backend.to_device(arr, device)
-        self.data = arr
+        self._data = arr
         self.grad = None
         self._ctx = None
         self._retain_grad = False
@@ -246,7 +369,7 @@ class Tensor:
     @classmethod
     def _make(cls, array, requires_grad=False):
         t = cls.__new__(cls)
-        t.data = array
+        t._data = array
         t.grad = None
         t._ctx = None
         t._retain_grad = False
@@ -255,28 +378,56 @@ class Tensor:
 
     # -- properties ------------------------------------------------------------------------
     @property
+    def data(self):
+        """The array (``numpy.ndarray`` or ``cupy.ndarray``).
+
+        Assigning to it (``x.data = arr``, and ``x.data -= 1``, which Python runs as an
+        assignment) bumps ``x._version``, so a backward that needs the old values raises. Writes
+        *into* the array (``x.data[...] = 0``, ``np.add(x.data, 1, out=x.data)``) go past the
+        Tensor and are invisible to the version counter, as with PyTorch's ``.data``: use the
+        in-place methods (``x.copy_``, ``x.fill_``, ``x.add_``, ...) under ``no_grad()`` instead.
+        The counter belongs to this Tensor: views and ``.detach()`` share the memory but not
+        the counter.
+        """
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        if isinstance(value, Tensor):
+            value = value._data
+        elif not _is_array(value):
+            value = _as_array(value)
+        self._data = value
+        self._version += 1
+
+    @property
     def shape(self):
-        return tuple(self.data.shape)
+        return tuple(self._data.shape)
 
     @property
     def dtype(self):
-        return self.data.dtype
+        return self._data.dtype
 
     @property
     def ndim(self):
-        return self.data.ndim
+        return self._data.ndim
 
     @property
     def size(self):
-        return int(self.data.size)
+        return int(self._data.size)
 
     @property
     def device(self):
-        return backend.device_of(self.data)
+        return backend.device_of(self._data)
 
     @property
     def is_leaf(self):
         return self._ctx is None
+
+    @property
+    def grad_fn(self):
+        """The Function that made this tensor (None for leaves); prints as ``<MulBackward>``."""
+        return self._ctx
 
     @property
     def T(self):
@@ -302,20 +453,170 @@ class Tensor:
         self._retain_grad = True
         return self
 
+    # -- hooks -----------------------------------------------------------------------------
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` each time the gradient with respect to this tensor is computed.
+
+        PyTorch's semantics: ``grad`` is a Tensor holding this backward pass's total gradient
+        for this tensor; the hook may return a Tensor (or array) of the same shape that replaces
+        it for the rest of the pass (what a leaf accumulates into ``.grad``, what a non-leaf
+        passes on), or None to keep it. Hooks run in registration order, before accumulation.
+        Returns a handle whose ``.remove()`` unregisters the hook.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(f"cannot register a hook on a tensor that does not require grad "
+                               f"(shape {self.shape}, dtype {self.dtype})")
+        if self._hooks is None:
+            self._hooks = {}
+        return RemovableHandle(self._hooks, hook)
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(tensor)`` after a backward pass accumulated into this leaf's ``.grad``.
+
+        PyTorch 2.1's semantics: only on leaves that require grad; the hook reads (or changes)
+        ``tensor.grad``; its return value is ignored. Returns a handle with ``.remove()``.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(f"cannot register a hook on a tensor that does not require grad "
+                               f"(shape {self.shape}, dtype {self.dtype})")
+        if self._ctx is not None:
+            raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf "
+                               f"tensors (this one comes from {self._ctx.name()})")
+        if self._post_acc_hooks is None:
+            self._post_acc_hooks = {}
+        return RemovableHandle(self._post_acc_hooks, hook)
+
+    # -- in-place operations ---------------------------------------------------------------
+    def _check_inplace(self, name, others=()):
+        """Refuse in-place changes that would give a wrong graph; True when ``self`` must
+        instead join the graph of another operand (it does not require grad, one of ``others``
+        does, and grad mode is on)."""
+        if not _grad_mode.enabled:
+            return False
+        if self.requires_grad:
+            if self._ctx is None:
+                raise RuntimeError(
+                    f"a leaf tensor that requires grad (shape {self.shape}) is being used in an "
+                    f"in-place operation ({name}); update it under `with minidl.no_grad():` (as "
+                    "an optimizer does), or use the out-of-place form")
+            raise RuntimeError(
+                f"{name}: in-place operations on a tensor that is part of the autograd graph "
+                f"(shape {self.shape}, made by {self._ctx.name()}) are not supported; use the "
+                "out-of-place form (y = y + x instead of y += x)")
+        return any(isinstance(o, Tensor) and o.requires_grad for o in others)
+
+    def _write(self, value, name):
+        """Store ``value`` into this tensor's array in place (cast to its dtype, broadcast to
+        its shape) and bump ``_version``."""
+        d = self._data
+        vshape = tuple(getattr(value, "shape", ()))
+        if vshape != d.shape:
+            try:
+                ok = np.broadcast_shapes(vshape, d.shape) == d.shape
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"{name}: the result has shape {vshape}, which cannot be "
+                                 f"written into this tensor of shape {tuple(d.shape)}")
+        vdtype = getattr(value, "dtype", None)
+        if vdtype is not None and vdtype != d.dtype and not np.can_cast(vdtype, d.dtype,
+                                                                          "same_kind"):
+            raise TypeError(f"{name}: the result has dtype {vdtype}, which cannot be cast to "
+                            f"this tensor's dtype {d.dtype} in place")
+        if getattr(d, "flags", None) is not None and not d.flags.writeable:
+            xp = backend.get_array_module(d)
+            self._data = xp.broadcast_to(xp.asarray(value, dtype=d.dtype), d.shape).copy()
+        else:
+            d[...] = value
+        self._version += 1
+        return self
+
+    def _inplace(self, name, compute, *others):
+        """``self = compute(self, *others)`` in place: ``compute`` works on Tensors (minidl.ops)."""
+        if self._check_inplace(name, others):
+            # self needs no grad but an operand does: self joins that operand's graph.
+            r = compute(Tensor._make(self._data), *others)
+            if r.shape != self.shape:
+                raise ValueError(f"{name}: the result has shape {r.shape}, which cannot be "
+                                 f"written into this tensor of shape {self.shape}")
+            if r.dtype != self.dtype:
+                if not np.can_cast(r.dtype, self.dtype, "same_kind"):
+                    raise TypeError(f"{name}: the result has dtype {r.dtype}, which cannot be "
+                                    f"cast to this tensor's dtype {self.dtype} in place")
+                r = r.to(dtype=self.dtype)
+            self._data, self._ctx, self.requires_grad = r._data, r._ctx, True
+            self._version += 1
+            return self
+        with no_grad():
+            r = compute(self, *others)
+        return self._write(r._data, name)
+
+    def add_(self, other, alpha=1):
+        """In place ``self += alpha * other``; returns self."""
+        if alpha != 1:
+            return self._inplace("add_", lambda a, b: ops.add(a, ops.mul(b, alpha)), other)
+        return self._inplace("add_", ops.add, other)
+
+    def sub_(self, other, alpha=1):
+        """In place ``self -= alpha * other``; returns self."""
+        if alpha != 1:
+            return self._inplace("sub_", lambda a, b: ops.sub(a, ops.mul(b, alpha)), other)
+        return self._inplace("sub_", ops.sub, other)
+
+    def mul_(self, other):
+        """In place ``self *= other``; returns self."""
+        return self._inplace("mul_", ops.mul, other)
+
+    def div_(self, other):
+        """In place ``self /= other``; returns self."""
+        return self._inplace("div_", ops.div, other)
+
+    def clamp_(self, min=None, max=None):
+        """In place ``clamp``; returns self."""
+        return self._inplace("clamp_", lambda a: ops.clip(a, min, max))
+
+    def copy_(self, src):
+        """Copy ``src`` (a Tensor, array or number, broadcast to this shape and cast to this
+        dtype) into this tensor; returns self. Differentiable with respect to ``src``."""
+        if not isinstance(src, Tensor):
+            src = Tensor(src, device=self.device)
+        if src.device != self.device:
+            src = src.to(self.device)
+        def compute(a, b):
+            if not _grad_mode.enabled:
+                return b  # _write broadcasts and casts
+            xp = backend.get_array_module(a._data)
+            return ops.add(Tensor._make(xp.zeros_like(a._data)), b)  # broadcast, keep grad
+        return self._inplace("copy_", compute, src)
+
+    def fill_(self, value):
+        """Set every element to ``value``; returns self."""
+        self._check_inplace("fill_")
+        return self._write(np.asarray(value, dtype=self.dtype), "fill_")
+
+    def zero_(self):
+        """Set every element to 0; returns self."""
+        return self.fill_(0)
+
+    def __iadd__(self, other): return self.add_(other)
+    def __isub__(self, other): return self.sub_(other)
+    def __imul__(self, other): return self.mul_(other)
+    def __itruediv__(self, other): return self.div_(other)
+
     # -- conversion ------------------------------------------------------------------------
     def numpy(self):
         """A NumPy copy of the data (from any device)."""
-        return np.array(backend.to_numpy(self.data), copy=True)
+        return np.array(backend.to_numpy(self._data), copy=True)
 
     def item(self):
         """The value of a one-element tensor as a Python number."""
         if self.size != 1:
             raise ValueError(f"item() needs a tensor with one element, this one has shape "
                              f"{self.shape}")
-        return self.data.reshape(()).item()
+        return self._data.reshape(()).item()
 
     def tolist(self):
-        return backend.to_numpy(self.data).tolist()
+        return backend.to_numpy(self._data).tolist()
 
     def to(self, device=None, dtype=None):
         """A tensor on ``device`` and/or of ``dtype`` (self when nothing changes).
@@ -347,7 +648,7 @@ class Tensor:
 
     def detach(self):
         """A tensor sharing this data, cut from the graph (requires_grad False)."""
-        return Tensor._make(self.data, False)
+        return Tensor._make(self._data, False)
 
     def zero_grad(self):
         """Forget the accumulated gradient (``.grad = None``)."""
@@ -358,20 +659,25 @@ class Tensor:
         """Backpropagate from this tensor, accumulating into ``.grad`` of the leaves.
 
         ``grad`` is dL/d(self); it may be omitted only for a one-element tensor (it is 1 then).
-        The graph is freed afterwards unless ``retain_graph=True``.
+        The graph is freed afterwards unless ``retain_graph=True``: its Functions drop what they
+        saved, and a later backward that reaches one of them raises an error naming
+        ``retain_graph=True`` (PyTorch raises only at nodes that saved tensors; minidl at any
+        freed node). Tensor hooks (:meth:`register_hook`) run on each gradient before it is
+        used; a leaf's ``.grad`` is accumulated in the leaf's own dtype, then its
+        :meth:`register_post_accumulate_grad_hook` hooks run.
         """
         if not self.requires_grad:
             raise RuntimeError(f"backward() on a tensor that does not require grad (shape "
                                f"{self.shape}): no input of the computation requires grad, or it "
                                "ran under no_grad()")
-        xp = backend.get_array_module(self.data)
+        xp = backend.get_array_module(self._data)
         if grad is None:
             if self.size != 1:
                 raise RuntimeError(f"backward() without a grad argument needs a one-element "
                                    f"output, got shape {self.shape}; pass grad= with that shape")
             g = xp.ones(self.shape, dtype=self.dtype)
         else:
-            g = grad.data if isinstance(grad, Tensor) else _as_array(grad, self.dtype)
+            g = grad._data if isinstance(grad, Tensor) else _as_array(grad, self.dtype)
             if tuple(g.shape) != self.shape:
                 raise ValueError(f"backward(): grad has shape {tuple(g.shape)} but the tensor has "
                                  f"shape {self.shape}")
@@ -381,58 +687,55 @@ class Tensor:
             if g.dtype != self.dtype:
                 g = g.astype(self.dtype)
 
-        # Topological order by an explicit-stack DFS (no recursion: 5000-op chains are fine).
-        order, visited = [], set()
-        stack = [(self, False)]
-        while stack:
-            node, processed = stack.pop()
-            if processed:
-                order.append(node)
-                continue
-            if id(node) in visited:
-                continue
-            visited.add(id(node))
-            stack.append((node, True))
-            if node._ctx is not None:
-                for p in node._ctx.parents:
-                    if p is not None and p.requires_grad and id(p) not in visited:
-                        stack.append((p, False))
-
+        order = _topological_order(self)
         grads = {id(self): g}
         for node in reversed(order):
             gy = grads.pop(id(node), None)
             if gy is None:
                 continue
+            if node._hooks:
+                gy = _run_hooks(node, gy)
             fn = node._ctx
             if fn is None or node._retain_grad:
-                # A leaf (or a retained non-leaf): accumulate into .grad.
+                # A leaf (or a retained non-leaf): accumulate into .grad, in its dtype.
+                if gy.dtype != node._data.dtype:
+                    gy = gy.astype(node._data.dtype)
                 if node.grad is None:
                     # a copy: backward functions may hand the same array to several inputs
                     node.grad = Tensor._make(gy.copy())
                 else:
-                    node.grad = Tensor._make(node.grad.data + gy)
+                    node.grad = Tensor._make(node.grad._data + gy)
                 if fn is None:
+                    if node._post_acc_hooks:
+                        for hook in list(node._post_acc_hooks.values()):
+                            hook(node)
                     continue
+            if fn._saved_versions or fn._saves_output:
+                fn._check_versions(node)
             gxs = fn._backward(gy)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)
-            if len(gxs) != len(fn.parents):
+            parents = fn.parents
+            if len(gxs) != len(parents):
                 raise RuntimeError(f"{type(fn).__name__}.backward returned {len(gxs)} gradients "
-                                   f"for {len(fn.parents)} inputs")
-            for p, gx in zip(fn.parents, gxs):
-                if p is None or not p.requires_grad or gx is None:
+                                   f"for {len(parents)} inputs")
+            for p, need, gx in zip(parents, fn.needs_input_grad, gxs):
+                if not need or gx is None:
                     continue
-                if tuple(gx.shape) != p.shape:
+                pd = p._data
+                if gx.shape != pd.shape:
                     raise RuntimeError(f"{type(fn).__name__}.backward returned a gradient of "
                                        f"shape {tuple(gx.shape)} for an input of shape {p.shape}")
+                if gx.dtype != pd.dtype:
+                    gx = gx.astype(pd.dtype)
                 prev = grads.get(id(p))
                 grads[id(p)] = gx if prev is None else prev + gx
             if not retain_graph:
-                node._ctx = None  # frees the Function and what it saved
+                fn._free()  # drops the parents and what it saved; the node stays, marked freed
 
     # -- representation --------------------------------------------------------------------
     def __repr__(self):
-        body = np.array2string(backend.to_numpy(self.data), separator=", ", precision=4,
+        body = np.array2string(backend.to_numpy(self._data), separator=", ", precision=4,
                                threshold=50, edgeitems=3, prefix="tensor(")
         extra = []
         if self.dtype != np.float32:
@@ -440,7 +743,7 @@ class Tensor:
         if self.device != "cpu":
             extra.append(f"device='{self.device}'")
         if self._ctx is not None:
-            extra.append(f"grad_fn=<{type(self._ctx).__name__}>")
+            extra.append(f"grad_fn=<{self._ctx.name()}>")
         elif self.requires_grad:
             extra.append("requires_grad=True")
         return "tensor(" + body + "".join(", " + e for e in extra) + ")"
@@ -457,7 +760,7 @@ class Tensor:
         return int(self.item())
 
     def __array__(self, dtype=None, copy=None):
-        a = backend.to_numpy(self.data)
+        a = backend.to_numpy(self._data)
         return a if dtype is None else a.astype(dtype)
 
     # Tensors hash by identity (they are graph nodes); == is elementwise, as in NumPy/torch.
@@ -514,6 +817,52 @@ class Tensor:
     def clip(self, min=None, max=None): return ops.clip(self, min, max)
     def pad(self, pad_width, value=0.0): return ops.pad(self, pad_width, value)
     def matmul(self, other): return ops.matmul(self, other)
+
+
+def _topological_order(root):
+    """Nodes reachable from ``root`` through edges that need grad, parents before children.
+
+    An explicit-stack DFS (no recursion: 5000-op chains are fine). Raises, before any gradient
+    is computed, when it reaches a node an earlier backward freed.
+    """
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, processed = stack.pop()
+        if processed:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        fn = node._ctx
+        if fn is not None:
+            if fn._freed:
+                raise RuntimeError(
+                    f"Trying to backward through the graph a second time: {fn.name()} (output "
+                    f"of shape {node.shape}) was freed by an earlier backward(). Specify "
+                    "retain_graph=True in the first backward() if you need to backward through "
+                    "this graph again (or compute the forward again)")
+            for p, need in zip(fn.parents, fn.needs_input_grad):
+                if need and id(p) not in visited:
+                    stack.append((p, False))
+    return order
+
+
+def _run_hooks(node, gy):
+    """Apply ``node``'s tensor hooks to its gradient ``gy`` (an array)."""
+    for hook in list(node._hooks.values()):
+        r = hook(Tensor._make(gy))
+        if r is None:
+            continue
+        r = r._data if isinstance(r, Tensor) else r
+        if tuple(getattr(r, "shape", ())) != tuple(gy.shape):
+            raise RuntimeError(f"a hook returned a gradient of shape "
+                               f"{tuple(getattr(r, 'shape', ()))} for a tensor of shape "
+                               f"{tuple(gy.shape)}")
+        gy = r
+    return gy
 
 
 def _check_shape_args(shape):

@@ -50,9 +50,8 @@ class Softmax(Function):
 
 
 def _dim(x, dim, name):
-    if not -x.ndim <= dim < x.ndim:
-        raise ValueError(f"{name}: dim {dim} is out of range for input of shape {x.shape}")
-    return dim % x.ndim
+    from minidl.ops import check_dim
+    return check_dim(dim, x.ndim, name, x.shape)
 
 
 def softmax(x, dim=1):

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from minidl import backend
-from minidl.tensor import Tensor, _is_array
+from minidl.tensor import Function, RemovableHandle, Tensor, _is_array, is_grad_enabled
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 IncompatibleKeys.__doc__ = ("What :meth:`Module.load_state_dict` returns: the module's keys the "
@@ -45,7 +45,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_forward_hooks", OrderedDict())
-        object.__setattr__(self, "_hook_id", 0)
+        object.__setattr__(self, "_backward_hooks", OrderedDict())
         object.__setattr__(self, "training", True)
 
     # -- registration ----------------------------------------------------------------------
@@ -126,6 +126,11 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
+        if self.__dict__.get("_backward_hooks") and is_grad_enabled():
+            return _call_with_backward_hooks(self, args, kwargs)
+        return self._call_forward(args, kwargs)
+
+    def _call_forward(self, args, kwargs):
         out = self.forward(*args, **kwargs)
         for hook in list(self._forward_hooks.values()):
             r = hook(self, args, out)
@@ -136,15 +141,29 @@ class Module:
     def register_forward_hook(self, hook):
         """``hook(module, inputs, output)`` runs after every forward; returning a value replaces
         the output. Returns a handle with ``.remove()``."""
-        hid = self._hook_id
-        object.__setattr__(self, "_hook_id", hid + 1)
-        self._forward_hooks[hid] = hook
-        hooks = self._forward_hooks
+        return RemovableHandle(self._forward_hooks, hook)
 
-        class _Handle:
-            def remove(self_inner):
-                hooks.pop(hid, None)
-        return _Handle()
+    def register_full_backward_hook(self, hook):
+        """``hook(module, grad_input, grad_output) -> tuple or None`` runs in backward, once the
+        gradients with respect to the module's inputs are computed (PyTorch's semantics).
+
+        ``grad_output`` is a tuple with the gradient for each Tensor the forward returned (the
+        output itself, or the items of a returned tuple/list); ``grad_input`` one entry per
+        positional argument of the call: the gradient with respect to it, or None for
+        arguments that are not Tensors requiring grad (keyword arguments are not included).
+        Returning a tuple of the same length replaces ``grad_input`` for the rest of the
+        backward pass. When no input requires grad (a first layer fed with data), the hook runs
+        with ``grad_input`` all None as soon as ``grad_output`` is known. Hooks are wired in
+        when the module is called with grad enabled, so calls under ``no_grad()`` never run
+        them. The hook must not change its arguments in place.
+
+        Differences from PyTorch: the module's inputs and outputs are passed through identity
+        nodes (as PyTorch does), so inside ``forward`` they are new Tensor objects; with several
+        outputs, the hook of a module none of whose inputs requires grad waits for the gradient
+        of every output that requires grad (an output never used in the loss means it does not
+        run). Returns a handle with ``.remove()``.
+        """
+        return RemovableHandle(self._backward_hooks, hook)
 
     # -- traversal ---------------------------------------------------------------------------
     def named_modules(self, prefix=""):
@@ -353,6 +372,111 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n" + "\n".join(lines) + "\n)"
+
+
+# -- module backward hooks -----------------------------------------------------------------------
+#
+# The call is wired as   inputs --Gate--> g --Split_k--> input_k' --forward--> outputs --Tap--> out'
+# Split_k hands input_k's data through; in backward each Split_k stores its gradient in the
+# shared state and passes an empty gradient to g, so g's node (Gate) runs after all of them and
+# sees every gradient with respect to the inputs at once: it calls the hooks and returns the
+# (possibly replaced) gradients to the real inputs. Tap records grad_output on the way.
+
+
+class _HookState:
+    def __init__(self, module, n_args, arg_slots):
+        self.module = module
+        self.n_args = n_args
+        self.arg_slots = arg_slots        # positional index of each gated input, in gate order
+        self.grad_inputs = {}             # gate slot -> array
+        self.grad_outputs = []            # per output: array or None
+        self.pending_outputs = 0
+
+    def call_hooks(self, grad_input):
+        go = tuple(None if g is None else Tensor._make(g) for g in self.grad_outputs)
+        for hook in list(self.module._backward_hooks.values()):
+            r = hook(self.module, grad_input, go)
+            if r is not None:
+                r = tuple(r)
+                if len(r) != len(grad_input):
+                    raise RuntimeError(
+                        f"a backward hook of {type(self.module).__name__} returned {len(r)} "
+                        f"gradients for {len(grad_input)} inputs")
+                grad_input = r
+        return grad_input
+
+
+class _HookGate(Function):
+    def forward(self, *xs, state):
+        self.state = state
+        self.shapes = [x.shape for x in xs]
+        return backend.get_array_module(xs[0]).zeros((0,), dtype=xs[0].dtype)
+
+    def backward(self, gy):
+        st = self.state
+        grad_input = [None] * st.n_args
+        for slot, pos in enumerate(st.arg_slots):
+            g = st.grad_inputs.get(slot)
+            grad_input[pos] = None if g is None else Tensor._make(g)
+        grad_input = st.call_hooks(tuple(grad_input))
+        out = []
+        for slot, pos in enumerate(st.arg_slots):
+            g = grad_input[pos]
+            g = g.data if isinstance(g, Tensor) else g
+            if g is not None and tuple(g.shape) != tuple(self.shapes[slot]):
+                raise RuntimeError(f"a backward hook of {type(st.module).__name__} returned a "
+                                   f"gradient of shape {tuple(g.shape)} for input {pos} of "
+                                   f"shape {tuple(self.shapes[slot])}")
+            out.append(g)
+        return tuple(out)
+
+
+class _HookSplit(Function):
+    def forward(self, gate, x, slot, state):
+        self.slot, self.state, self.gate_dtype = slot, state, gate.dtype
+        return x
+
+    def backward(self, gy):
+        self.state.grad_inputs[self.slot] = gy
+        return backend.get_array_module(gy).zeros((0,), dtype=self.gate_dtype), None
+
+
+class _HookTap(Function):
+    def forward(self, x, index, state):
+        self.index, self.state = index, state
+        return x
+
+    def backward(self, gy):
+        st = self.state
+        st.grad_outputs[self.index] = gy
+        st.pending_outputs -= 1
+        if not st.arg_slots and st.pending_outputs == 0:
+            st.call_hooks((None,) * st.n_args)
+        return gy
+
+
+def _call_with_backward_hooks(module, args, kwargs):
+    slots = [i for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad]
+    state = _HookState(module, len(args), slots)
+    args = list(args)
+    if slots:
+        gate = _HookGate.apply(*[args[i] for i in slots], state=state)
+        for slot, i in enumerate(slots):
+            args[i] = _HookSplit.apply(gate, Tensor._make(args[i].data), slot=slot, state=state)
+    out = module._call_forward(tuple(args), kwargs)
+    single = isinstance(out, Tensor)
+    outs = [out] if single else list(out) if isinstance(out, (tuple, list)) else None
+    if outs is None:
+        raise TypeError(f"{type(module).__name__} has backward hooks, so its forward must return "
+                        f"a Tensor or a tuple/list of Tensors, not {type(out).__name__}")
+    state.grad_outputs = [None] * len(outs)
+    for j, o in enumerate(outs):
+        if isinstance(o, Tensor) and o.requires_grad:
+            outs[j] = _HookTap.apply(o, index=j, state=state)
+            state.pending_outputs += 1
+    if single:
+        return outs[0]
+    return type(out)(outs)
 
 
 class Sequential(Module):

@@ -11,14 +11,23 @@ of the rates it last set.
   ``MultiStepLR(opt, [32000, 48000], 0.1)`` stepped per iteration)
 * :class:`ReduceLROnPlateau` ``lr *= factor`` when a metric stopped improving for ``patience``
   steps (AlexNet: /10 when the validation error stops improving)
+* :class:`LambdaLR` ``lr = base * lr_lambda(t)`` (a function per group)
+* :class:`CosineAnnealingLR` ``lr = eta_min + (base - eta_min) * (1 + cos(pi t / T_max)) / 2``
+* :class:`OneCycleLR` the 1cycle policy: up to ``max_lr``, then down, momentum the other way
 * :class:`Warmup` a constant or linear warm-up that ends after a number of steps or when a
   condition on a metric holds (ResNet-110: 0.01 until the training error is below 80%, then 0.1),
   optionally followed by another schedule.
 
-Every scheduler has ``state_dict()`` (JSON-able) and ``load_state_dict()``.
+Every scheduler has ``state_dict()`` (JSON-able) and ``load_state_dict()``. Arguments are
+checked where they enter: NaN or negative rates and factors, and milestones or step counts that
+are not non-negative integers (``MultiStepLR(opt, "10")`` raises), give an error naming the
+argument.
 """
 import bisect
 import math
+import types
+
+from minidl.optim.optimizer import check_index, check_number
 
 # ----------------------------------------------------------------------------------------------
 # base
@@ -32,6 +41,7 @@ class LRScheduler:
 
     def __init__(self, optimizer, last_epoch=-1):
         self.optimizer = optimizer
+        last_epoch = _last_epoch(type(self).__name__, last_epoch)
         if last_epoch == -1:
             for g in optimizer.param_groups:
                 g.setdefault("initial_lr", g["lr"])
@@ -85,10 +95,8 @@ class StepLR(LRScheduler):
     steps."""
 
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
-        if int(step_size) != step_size or step_size < 1:
-            raise ValueError(f"StepLR: step_size must be a positive integer, got {step_size!r}")
-        self.step_size = int(step_size)
-        self.gamma = float(gamma)
+        self.step_size = check_index("StepLR", "step_size", step_size, 1)
+        self.gamma = float(check_number("StepLR", "gamma", gamma))
         super().__init__(optimizer, last_epoch)
 
     def factor(self, t):
@@ -101,8 +109,12 @@ class MultiStepLR(LRScheduler):
     PyTorch."""
 
     def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
-        self.milestones = sorted(int(m) for m in milestones)
-        self.gamma = float(gamma)
+        if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
+            raise TypeError(f"MultiStepLR: milestones must be a list of non-negative integers, "
+                            f"got {milestones!r}")
+        self.milestones = sorted(check_index("MultiStepLR", f"milestones[{i}]", m)
+                                 for i, m in enumerate(milestones))
+        self.gamma = float(check_number("MultiStepLR", "gamma", gamma))
         super().__init__(optimizer, last_epoch)
 
     def factor(self, t):
@@ -155,8 +167,9 @@ class Warmup(LRScheduler):
             raise ValueError("Warmup: mode='linear' needs steps (the length of the ramp)")
         if steps is None and until is None:
             raise ValueError("Warmup: give steps, until, or both (when does the warm-up end?)")
-        if steps is not None and (int(steps) != steps or steps < 0):
-            raise ValueError(f"Warmup: steps must be a non-negative integer, got {steps!r}")
+        if steps is not None:
+            steps = check_index("Warmup", "steps", steps)
+        check_number("Warmup", "factor", factor)
         if until is not None and not callable(until):
             raise TypeError(f"Warmup: until must be callable (metric -> bool), got {until!r}")
         if after is not None:
@@ -239,8 +252,13 @@ class ReduceLROnPlateau:
 
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
                  threshold_mode="rel", cooldown=0, min_lr=0, eps=1e-8):
-        if factor >= 1.0:
-            raise ValueError(f"ReduceLROnPlateau: factor must be < 1, got {factor}")
+        check_number("ReduceLROnPlateau", "factor", factor, 0.0, 1.0, high_open=True)
+        check_index("ReduceLROnPlateau", "patience", patience)
+        check_index("ReduceLROnPlateau", "cooldown", cooldown)
+        check_number("ReduceLROnPlateau", "threshold", threshold)
+        check_number("ReduceLROnPlateau", "eps", eps)
+        for i, m in enumerate(min_lr if isinstance(min_lr, (list, tuple)) else [min_lr]):
+            check_number("ReduceLROnPlateau", "min_lr", m)
         if mode not in ("min", "max"):
             raise ValueError(f"ReduceLROnPlateau: mode must be 'min' or 'max', got {mode!r}")
         if threshold_mode not in ("rel", "abs"):
@@ -322,3 +340,199 @@ class ReduceLROnPlateau:
     def __repr__(self):
         return (f"ReduceLROnPlateau(mode={self.mode!r}, factor={self.factor}, patience="
                 f"{self.patience}, best={self.best}, lr={self.get_last_lr()})")
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch's other schedules
+
+
+class LambdaLR(LRScheduler):
+    """``lr = base_lr * lr_lambda(t)``: ``lr_lambda`` is a function of the step count, or a
+    list of such functions, one per param group (torch's ``LambdaLR``).
+
+    ``state_dict()`` keeps, as torch does, the ``__dict__`` of callable *objects* (a lambda or a
+    plain function is not saved: pass it again when resuming)."""
+
+    def __init__(self, optimizer, lr_lambda, last_epoch=-1):
+        n = len(optimizer.param_groups)
+        if isinstance(lr_lambda, (list, tuple)):
+            if len(lr_lambda) != n:
+                raise ValueError(f"LambdaLR: expected {n} lr_lambdas (one per param group), got "
+                                 f"{len(lr_lambda)}")
+            lambdas = list(lr_lambda)
+        else:
+            lambdas = [lr_lambda] * n
+        for i, fn in enumerate(lambdas):
+            if not callable(fn):
+                raise TypeError(f"LambdaLR: lr_lambda[{i}] must be callable (step -> factor), "
+                                f"got {fn!r}")
+        self.lr_lambdas = lambdas
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        return [base * fn(self.last_epoch) for base, fn in zip(self.base_lrs, self.lr_lambdas)]
+
+    def state_dict(self):
+        st = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "lr_lambdas")}
+        st["lr_lambdas"] = [None if isinstance(fn, types.FunctionType) else dict(fn.__dict__)
+                            for fn in self.lr_lambdas]
+        return st
+
+    def load_state_dict(self, state_dict):
+        st = dict(state_dict)
+        saved = st.pop("lr_lambdas", [None] * len(self.lr_lambdas))
+        super().load_state_dict(st)
+        for fn, d in zip(self.lr_lambdas, saved):
+            if d is not None:
+                fn.__dict__.update(d)
+
+
+class CosineAnnealingLR(LRScheduler):
+    """``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2`` (SGDR without
+    restarts; torch's ``CosineAnnealingLR``).
+
+    The closed form: torch computes the same values recursively from the group's current rate
+    (equal while this is the only schedule writing the rate); here, as with the other schedules
+    of this module, the rate is a function of ``t`` alone, so the schedule can serve as the
+    ``after`` of a :class:`Warmup`. Past ``T_max`` the cosine goes on (back up over the next
+    ``T_max`` steps), as torch's does."""
+
+    def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
+        self.T_max = check_index("CosineAnnealingLR", "T_max", T_max, 1)
+        self.eta_min = check_number("CosineAnnealingLR", "eta_min", eta_min)
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        c = (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
+        return [self.eta_min + (base - self.eta_min) * c for base in self.base_lrs]
+
+
+class OneCycleLR(LRScheduler):
+    """The 1cycle policy (Smith & Topin 2017), torch's ``OneCycleLR`` with its arguments::
+
+        OneCycleLR(optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None,
+                   pct_start=0.3, anneal_strategy="cos", cycle_momentum=True,
+                   base_momentum=0.85, max_momentum=0.95, div_factor=25.0,
+                   final_div_factor=1e4, three_phase=False, last_epoch=-1)
+
+    Stepped once per batch (``total_steps`` or ``epochs * steps_per_epoch`` times). The rate
+    rises from ``max_lr / div_factor`` to ``max_lr`` over the first ``pct_start`` of the steps,
+    then falls to ``max_lr / div_factor / final_div_factor`` (``three_phase``: back to the
+    start first, then down), cosine or linear. With ``cycle_momentum`` the momentum
+    (``group["momentum"]``, or beta1 of ``group["betas"]`` for Adam/AdamW) moves the other way,
+    between ``max_momentum`` and ``base_momentum``. ``max_lr`` and the momenta may be lists (one
+    per group). Like torch, the constructor overwrites each group's ``initial_lr`` and records
+    ``max_lr``, ``min_lr``, ``max_momentum``, ``base_momentum`` in the groups; stepping past
+    ``total_steps`` raises."""
+
+    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None,
+                 pct_start=0.3, anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85,
+                 max_momentum=0.95, div_factor=25.0, final_div_factor=1e4, three_phase=False,
+                 last_epoch=-1):
+        name = "OneCycleLR"
+        if total_steps is not None:
+            self.total_steps = check_index(name, "total_steps", total_steps, 1)
+        elif epochs is not None and steps_per_epoch is not None:
+            self.total_steps = (check_index(name, "epochs", epochs, 1)
+                                * check_index(name, "steps_per_epoch", steps_per_epoch, 1))
+        else:
+            raise ValueError("OneCycleLR: give total_steps, or epochs and steps_per_epoch")
+        check_number(name, "pct_start", pct_start, 0.0, 1.0)
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"OneCycleLR: anneal_strategy must be 'cos' or 'linear', got "
+                             f"{anneal_strategy!r}")
+        check_number(name, "div_factor", div_factor, 0.0, low_open=True)
+        check_number(name, "final_div_factor", final_div_factor, 0.0, low_open=True)
+        self.anneal_strategy = anneal_strategy
+        self.three_phase = bool(three_phase)
+        t = self.total_steps
+        if self.three_phase:
+            self._schedule_phases = [
+                dict(end_step=float(pct_start * t) - 1, start_lr="initial_lr", end_lr="max_lr",
+                     start_momentum="max_momentum", end_momentum="base_momentum"),
+                dict(end_step=float(2 * pct_start * t) - 2, start_lr="max_lr",
+                     end_lr="initial_lr", start_momentum="base_momentum",
+                     end_momentum="max_momentum"),
+                dict(end_step=t - 1, start_lr="initial_lr", end_lr="min_lr",
+                     start_momentum="max_momentum", end_momentum="max_momentum")]
+        else:
+            self._schedule_phases = [
+                dict(end_step=float(pct_start * t) - 1, start_lr="initial_lr", end_lr="max_lr",
+                     start_momentum="max_momentum", end_momentum="base_momentum"),
+                dict(end_step=t - 1, start_lr="max_lr", end_lr="min_lr",
+                     start_momentum="base_momentum", end_momentum="max_momentum")]
+        groups = optimizer.param_groups
+        max_lrs = _per_group(name, "max_lr", max_lr, len(groups))
+        last_epoch = _last_epoch(name, last_epoch)
+        if last_epoch == -1:
+            for g, m in zip(groups, max_lrs):
+                g["initial_lr"] = m / div_factor
+                g["max_lr"] = m
+                g["min_lr"] = g["initial_lr"] / final_div_factor
+        self.cycle_momentum = bool(cycle_momentum)
+        if self.cycle_momentum:
+            defaults = getattr(optimizer, "defaults", {})
+            if "momentum" not in defaults and "betas" not in defaults:
+                raise ValueError("OneCycleLR: cycle_momentum=True needs an optimizer with "
+                                 "momentum or betas (pass cycle_momentum=False)")
+            self.use_beta1 = "betas" in defaults
+            maxm = _per_group(name, "max_momentum", max_momentum, len(groups))
+            basem = _per_group(name, "base_momentum", base_momentum, len(groups))
+            if last_epoch == -1:
+                for g, mm, bm in zip(groups, maxm, basem):
+                    self._set_momentum(g, mm)
+                    g["max_momentum"] = mm
+                    g["base_momentum"] = bm
+        super().__init__(optimizer, last_epoch)
+
+    def _set_momentum(self, g, m):
+        if self.use_beta1:
+            g["betas"] = (m, *g["betas"][1:])
+        else:
+            g["momentum"] = m
+
+    def _anneal(self, start, end, pct):
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def get_lr(self):
+        """The rates at ``last_epoch`` (and, with ``cycle_momentum``, sets the momenta)."""
+        t = self.last_epoch
+        if t > self.total_steps:
+            raise ValueError(f"OneCycleLR: stepped {t} times, but total_steps is "
+                             f"{self.total_steps}")
+        lrs = []
+        for g in self.optimizer.param_groups:
+            start = 0.0
+            for i, ph in enumerate(self._schedule_phases):
+                end = ph["end_step"]
+                if t <= end or i == len(self._schedule_phases) - 1:
+                    pct = (t - start) / (end - start)
+                    lr = self._anneal(g[ph["start_lr"]], g[ph["end_lr"]], pct)
+                    if self.cycle_momentum:
+                        self._set_momentum(g, self._anneal(g[ph["start_momentum"]],
+                                                           g[ph["end_momentum"]], pct))
+                    break
+                start = end
+            lrs.append(lr)
+        return lrs
+
+
+def _per_group(owner, name, value, n):
+    """A number for every group, or a list/tuple with one per group; each checked >= 0."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{owner}: expected {n} values of {name} (one per param group), "
+                             f"got {len(value)}")
+        vals = list(value)
+    else:
+        vals = [value] * n
+    for i, v in enumerate(vals):
+        check_number(owner, name if n == 1 else f"{name}[{i}]", v)
+    return vals
+
+
+def _last_epoch(owner, last_epoch):
+    """``last_epoch``: -1 (a fresh start) or the index of the last step taken (resuming)."""
+    return check_index(owner, "last_epoch", last_epoch, -1)

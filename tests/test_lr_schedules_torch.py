@@ -41,7 +41,7 @@ def _lrs(sched, n):
     return out
 
 
-# -- hand-computed rates ------------------------------------------------------------------------------
+# -- hand-computed rates ---------------------------------------------------------------------------
 
 def test_cosine_by_hand_and_past_t_max():
     s = CosineAnnealingLR(_opt(1.0), T_max=4)
@@ -105,7 +105,7 @@ def test_cosine_as_the_after_of_a_warmup():
     np.testing.assert_allclose(got, [0.1 * c[0], 0.1 * c[1], c[2], c[3], c[4]], atol=1e-15)
 
 
-# -- against torch -----------------------------------------------------------------------------------
+# -- against torch ---------------------------------------------------------------------------------
 
 def _torch_opt(torch, lr, groups, cls="SGD"):
     ps = [torch.nn.Parameter(torch.zeros(2)) for _ in range(groups)]
@@ -192,7 +192,7 @@ def test_state_round_trip_continues_identically(kind):
                                      zip(opt.param_groups, opt2.param_groups)]
 
 
-# -- validation --------------------------------------------------------------------------------------
+# -- validation ------------------------------------------------------------------------------------
 
 NAN = float("nan")
 BAD = [

@@ -338,6 +338,21 @@ def test_each_update_bumps_the_version_of_updated_parameters_only(name):
     assert q._version == v_q  # no gradient: not touched, not bumped
 
 
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adadelta"])
+def test_a_step_between_forward_and_backward_is_caught(name):
+    w = _param([1.0, 2.0])
+    opt = MINE[name]([w], lr=0.1)
+    loss = (w * w).sum()  # the product saved w for its backward
+    _grad(w, [1.0, 1.0])
+    opt.step()  # changes w in place
+    with pytest.raises(RuntimeError, match="modified by an in-place operation"):
+        loss.backward()
+    loss = (w * w).sum()  # a fresh forward after the step is fine
+    w.grad = None
+    loss.backward()
+    np.testing.assert_allclose(w.grad.numpy(), 2 * w.numpy())
+
+
 # -- validation (issue: NaN / negative hyperparameters are rejected, naming the argument) ----------
 
 BAD = [

@@ -266,11 +266,16 @@ class Optimizer:
 
 def apply_update(p, delta=None):
     """``p.data += delta`` in place (a fresh array only if the data cannot be written), and
-    ``p._version += 1`` so that a backward through a graph that saved the old value raises.
-    With ``delta=None`` only the version is bumped (the caller already wrote ``p.data``)."""
+    ``p._version += 1`` (once per update) so that a backward through a graph that saved the old
+    value raises. With ``delta=None`` only the version is bumped (the caller already wrote
+    ``p.data``)."""
     if delta is not None:
+        arr = p.data
         try:
-            p.data += delta
+            arr += delta  # on the array itself: not through the Tensor's .data setter
         except ValueError:  # a read-only NumPy array (e.g. a broadcast view): replace it
-            p.data = p.data + delta
+            before = p._version
+            p.data = arr + delta
+            if p._version != before:  # the .data setter counted this write already
+                return
     p._version += 1

@@ -84,12 +84,29 @@ def _array_module(*arrays):
     return cp if kinds == {"cupy"} else np
 
 
+_gpu_kernels = {}  # (device id, filename, name) -> GpuKernel
+
+
 def _kernel(xp, filename, name):
+    """The launcher of kernel ``name`` in ``kernels/<filename>``. On the GPU the lookup is cached
+    per (device, file, kernel): a launch touches no file system (``load_module`` resolves the
+    kernels directory and stats the source). A process that edits a .cu file calls
+    :func:`reload_kernels`. The emulator keeps its own cache (keyed by the file's mtime)."""
     if xp is np:
         from minidl.cuda.emulator import load_emulated
         return load_emulated(filename).get_function(name)
-    from minidl.cuda.module import load_module
-    return load_module(filename).get_function(name)
+    key = (xp.cuda.runtime.getDevice(), filename, name)
+    k = _gpu_kernels.get(key)
+    if k is None:
+        from minidl.cuda.module import load_module
+        k = _gpu_kernels[key] = load_module(filename).get_function(name)
+    return k
+
+
+def reload_kernels():
+    """Forget the cached GPU kernel lookups, so the next launch re-reads ``kernels/*.cu`` (and
+    recompiles what changed)."""
+    _gpu_kernels.clear()
 
 
 def _float_dtype(a, what):

@@ -27,27 +27,50 @@
 // position, consecutive threads writing consecutive addresses); grid-stride loops everywhere.
 // Indices are 32-bit: the launcher chunks the batch so N*C*KH*KW*OH*OW < 2^31.
 // float and double entry points share one template.
+//
+// Column layout. `col` is addressed through two strides, so one kernel writes either layout:
+//   row r = (c*KH + kh)*KW + kw of image n, column l = oh*OW + ow  is at  n*img + r*row + l
+// per-image (torch's unfold, (N, C*KH*KW, L)): img = C*KH*KW*L, row = L; batch-wide (the
+// (C*KH*KW, N*L) matrix the GPU convolution multiplies in ONE GEMM per group): img = L,
+// row = N*L. col2im reads the same two strides.
+//
+// No division chains: the element index is split into (image-channel, row, column) and the
+// covering output rows/columns found with fast_div (a multiply-high and a shift by divisors the
+// launcher precomputed) instead of 32-bit divisions.
+
+// n / d for 0 <= n < 2^31 by a multiply-high and a shift. m packs mul | shr << 32 from the
+// launcher (minidl.cuda.kernels.fast_divisor): l = ceil(log2 d), mul = ceil(2^(31 + l) / d),
+// shr = l - 1; mul = 0 encodes d = 1. Exact for every such n (Granlund & Montgomery 1994, the
+// scheme of CUTLASS's FastDivmod).
+__device__ __forceinline__ int fast_div(int n, unsigned long long m) {
+  const unsigned mul = (unsigned)m;
+  return mul ? (int)(__umulhi((unsigned)n, mul) >> (unsigned)(m >> 32)) : n;
+}
 
 template <typename T>
 __device__ __forceinline__ void im2col_impl(const T* __restrict__ x, T* __restrict__ col, int N,
                                             int C, int H, int W, int KH, int KW, int SH, int SW,
-                                            int PH, int PW, int DH, int DW, int OH, int OW) {
-  const int L = OH * OW;
-  const int total = N * C * L;
+                                            int PH, int PW, int DH, int DW, int OH, int OW,
+                                            int img, int row, unsigned long long dOW,
+                                            unsigned long long dOH, unsigned long long dC) {
+  const int total = N * C * OH * OW;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-    const int ow = i % OW;
-    const int oh = (i / OW) % OH;
-    const int nc = i / L;  // n*C + c
+    const int t = fast_div(i, dOW);
+    const int ow = i - t * OW;
+    const int nc = fast_div(t, dOH);  // n*C + c
+    const int oh = t - nc * OH;
+    const int n = fast_div(nc, dC);
+    const int c = nc - n * C;
     const T* xp = x + nc * H * W;
-    // row (c*KH + kh)*KW + kw of image n starts at (nc*KH*KW + kh*KW + kw) * L
-    T* cp = col + nc * KH * KW * L + oh * OW + ow;
+    // entry (c, kh, kw) of image n at n*img + ((c*KH + kh)*KW + kw)*row + oh*OW + ow
+    T* cp = col + n * img + c * KH * KW * row + oh * OW + ow;
     const int h0 = oh * SH - PH, w0 = ow * SW - PW;
     for (int kh = 0; kh < KH; ++kh) {
       const int h = h0 + kh * DH;
       for (int kw = 0; kw < KW; ++kw) {
         const int w = w0 + kw * DW;
         *cp = (h >= 0 && h < H && w >= 0 && w < W) ? xp[h * W + w] : T(0);
-        cp += L;
+        cp += row;
       }
     }
   }
@@ -56,27 +79,32 @@ __device__ __forceinline__ void im2col_impl(const T* __restrict__ x, T* __restri
 template <typename T>
 __device__ __forceinline__ void col2im_impl(const T* __restrict__ col, T* __restrict__ x, int N,
                                             int C, int H, int W, int KH, int KW, int SH, int SW,
-                                            int PH, int PW, int DH, int DW, int OH, int OW) {
-  const int L = OH * OW;
+                                            int PH, int PW, int DH, int DW, int OH, int OW,
+                                            int img, int row, unsigned long long dW,
+                                            unsigned long long dH, unsigned long long dC,
+                                            unsigned long long dSH, unsigned long long dSW) {
   const int total = N * C * H * W;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-    const int w = i % W;
-    const int h = (i / W) % H;
-    const int nc = i / (H * W);
-    const T* cp = col + nc * KH * KW * L;
+    const int t = fast_div(i, dW);
+    const int w = i - t * W;
+    const int nc = fast_div(t, dH);
+    const int h = t - nc * H;
+    const int n = fast_div(nc, dC);
+    const int c = nc - n * C;
+    const T* cp = col + n * img + c * KH * KW * row;
     T acc = T(0);
     if (DH == 1 && DW == 1) {
       // Undilated: the output rows reaching h are oh in [ceil((h + PH - KH + 1) / SH),
       // (h + PH) / SH] (tap kh = h + PH - oh*SH): at most ceil(KH/SH) of them, no modulo.
-      const int ohs = (h + PH < KH) ? 0 : (h + PH - KH) / SH + 1;
-      const int ohe = min((h + PH) / SH + 1, OH);
-      const int ows = (w + PW < KW) ? 0 : (w + PW - KW) / SW + 1;
-      const int owe = min((w + PW) / SW + 1, OW);
+      const int ohs = (h + PH < KH) ? 0 : fast_div(h + PH - KH, dSH) + 1;
+      const int ohe = min(fast_div(h + PH, dSH) + 1, OH);
+      const int ows = (w + PW < KW) ? 0 : fast_div(w + PW - KW, dSW) + 1;
+      const int owe = min(fast_div(w + PW, dSW) + 1, OW);
       for (int oh = ohs; oh < ohe; ++oh) {
         const int kh = h + PH - oh * SH;
         for (int ow = ows; ow < owe; ++ow) {
           const int kw = w + PW - ow * SW;
-          acc += cp[(kh * KW + kw) * L + oh * OW + ow];
+          acc += cp[(kh * KW + kw) * row + oh * OW + ow];
         }
       }
       x[i] = acc;
@@ -84,41 +112,53 @@ __device__ __forceinline__ void col2im_impl(const T* __restrict__ col, T* __rest
     }
     for (int kh = 0; kh < KH; ++kh) {
       const int th = h + PH - kh * DH;  // = oh*SH if this tap row reaches h
-      if (th < 0 || th % SH != 0) continue;
-      const int oh = th / SH;
-      if (oh >= OH) continue;
+      if (th < 0) continue;
+      const int oh = fast_div(th, dSH);
+      if (oh * SH != th || oh >= OH) continue;
       for (int kw = 0; kw < KW; ++kw) {
         const int tw = w + PW - kw * DW;
-        if (tw < 0 || tw % SW != 0) continue;
-        const int ow = tw / SW;
-        if (ow >= OW) continue;
-        acc += cp[(kh * KW + kw) * L + oh * OW + ow];
+        if (tw < 0) continue;
+        const int ow = fast_div(tw, dSW);
+        if (ow * SW != tw || ow >= OW) continue;
+        acc += cp[(kh * KW + kw) * row + oh * OW + ow];
       }
     }
     x[i] = acc;
   }
 }
 
-extern "C" __global__ void im2col_f32(const float* __restrict__ x, float* __restrict__ col, int N,
-                                      int C, int H, int W, int KH, int KW, int SH, int SW, int PH,
-                                      int PW, int DH, int DW, int OH, int OW) {
-  im2col_impl<float>(x, col, N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW);
+extern "C" __global__ void im2col_f32(
+    const float* __restrict__ x, float* __restrict__ col, int N, int C, int H, int W,
+    int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW, int OH, int OW,
+    int img, int row, unsigned long long dOW, unsigned long long dOH,
+    unsigned long long dC) {
+  im2col_impl<float>(x, col, N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+                 img, row, dOW, dOH, dC);
 }
 
-extern "C" __global__ void im2col_f64(const double* __restrict__ x, double* __restrict__ col,
-                                      int N, int C, int H, int W, int KH, int KW, int SH, int SW,
-                                      int PH, int PW, int DH, int DW, int OH, int OW) {
-  im2col_impl<double>(x, col, N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW);
+extern "C" __global__ void im2col_f64(
+    const double* __restrict__ x, double* __restrict__ col, int N, int C, int H, int W,
+    int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW, int OH, int OW,
+    int img, int row, unsigned long long dOW, unsigned long long dOH,
+    unsigned long long dC) {
+  im2col_impl<double>(x, col, N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+                 img, row, dOW, dOH, dC);
 }
 
-extern "C" __global__ void col2im_f32(const float* __restrict__ col, float* __restrict__ x, int N,
-                                      int C, int H, int W, int KH, int KW, int SH, int SW, int PH,
-                                      int PW, int DH, int DW, int OH, int OW) {
-  col2im_impl<float>(col, x, N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW);
+extern "C" __global__ void col2im_f32(
+    const float* __restrict__ col, float* __restrict__ x, int N, int C, int H, int W,
+    int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW, int OH, int OW,
+    int img, int row, unsigned long long dW, unsigned long long dH,
+    unsigned long long dC, unsigned long long dSH, unsigned long long dSW) {
+  col2im_impl<float>(col, x, N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+                 img, row, dW, dH, dC, dSH, dSW);
 }
 
-extern "C" __global__ void col2im_f64(const double* __restrict__ col, double* __restrict__ x,
-                                      int N, int C, int H, int W, int KH, int KW, int SH, int SW,
-                                      int PH, int PW, int DH, int DW, int OH, int OW) {
-  col2im_impl<double>(col, x, N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW);
+extern "C" __global__ void col2im_f64(
+    const double* __restrict__ col, double* __restrict__ x, int N, int C, int H, int W,
+    int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW, int OH, int OW,
+    int img, int row, unsigned long long dW, unsigned long long dH,
+    unsigned long long dC, unsigned long long dSH, unsigned long long dSW) {
+  col2im_impl<double>(col, x, N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+                 img, row, dW, dH, dC, dSH, dSW);
 }

@@ -752,3 +752,112 @@ def test_tf32_default_off_and_env(monkeypatch):
     assert mc.tf32_enabled() is True
     monkeypatch.setenv("MINIDL_TF32", "off")
     assert mc.tf32_enabled() is False
+
+
+# ---- fast division, LRN channel chunks, the batch-wide column layout ---------------------------
+
+def _fast_div_ref(n, m):
+    """What the kernels' fast_div computes: umulhi(n, mul) >> shr (mul = 0: n itself)."""
+    m = int(m)
+    mul, shr = m & 0xFFFFFFFF, m >> 32
+    return np.where(mul == 0, n, ((n.astype(np.uint64) * np.uint64(mul)) >> np.uint64(32))
+                    >> np.uint64(shr)).astype(np.int64)
+
+
+def test_fast_divisor_is_exact_for_every_31_bit_dividend():
+    """n / d by multiply-high and shift must equal n // d for EVERY 0 <= n < 2^31: checked at
+    the edges where it could fail (multiples of d and their neighbours, the top of the range)
+    for every d up to 4096, powers of two and their neighbours, and large d; plus random n."""
+    r = np.random.default_rng(1)
+    top = 2 ** 31 - 1
+    ds = list(range(1, 4097)) + [2 ** k + e for k in range(12, 31) for e in (-1, 0, 1)] \
+        + [int(v) for v in r.integers(4097, top, 200)] + [top]
+    for d in ds:
+        q = np.unique(np.concatenate([np.arange(0, 64), top // d - np.arange(0, 64),
+                                      r.integers(0, top // d + 1, 256)]))
+        q = q[(q >= 0) & (q <= top // d)]
+        n = np.concatenate([q * d, q * d - 1, q * d + 1, q * d + d - 1, [top, 0]])
+        n = n[(n >= 0) & (n <= top)]
+        got = _fast_div_ref(n, K.fast_divisor(d))
+        bad = np.nonzero(got != n // d)[0]
+        assert bad.size == 0, f"d={d}: n={n[bad[:3]]} gives {got[bad[:3]]}, want {n[bad[:3]] // d}"
+    with pytest.raises(ValueError, match="divisor"):
+        K.fast_divisor(0)
+
+
+@pytest.mark.parametrize("size", [5, 3, 4, 6])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 13, 64])
+def test_lrn_channel_chunks(run, rng, size, chunk):
+    """Threads own `chunk` consecutive channels and re-read the window's halo below them: every
+    chunk size (smaller than the window, not dividing C, larger than C) gives the same result.
+    Sizes 5 and 3 run the register-ring path, 4 and 6 the generic one."""
+    x = (rng.standard_normal((2, 13, 3, 2)) * 3).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    y, scale = K.lrn_forward(run.dev(x), size, 1e-2, 0.75, 2.0, chunk=chunk)
+    gx = run.host(K.lrn_backward(run.dev(x), y, scale, run.dev(gy), size, 1e-2, 0.75,
+                                 chunk=chunk))
+    want_y, want_s = naive_lrn(x, size, 1e-2, 0.75, 2.0)
+    close(run.host(y), want_y, what="y")
+    close(run.host(scale), want_s, what="scale")
+    want = numeric_vjp(lambda v: naive_lrn(v, size, 1e-2, 0.75, 2.0)[0], x, gy)
+    np.testing.assert_allclose(gx, want, rtol=1e-4, atol=1e-5)
+
+
+def test_lrn_chunk_choice_fills_the_gpu():
+    # AlexNet batch 128: lrn1 (96 channels of 55x55) and lrn2 (256 of 27x27)
+    assert K._lrn_chunk(128, 96, 55 * 55) == 32
+    assert K._lrn_chunk(128, 256, 27 * 27) == 16
+    assert K._lrn_chunk(1, 3, 4) == 3  # never more than C
+    with pytest.raises(ValueError, match="chunk"):
+        K._lrn_chunk(1, 3, 4, chunk=0)
+
+
+@pytest.mark.parametrize("shape,k,s,p,d", GEOMETRIES[:4])
+def test_batch_wide_column_layout(run, rng, shape, k, s, p, d):
+    """The (C*KH*KW, N*L) layout the convolution multiplies in one GEMM: im2col writes column
+    n*L + l of row r, col2im reads it back (its adjoint)."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    N, C = shape[:2]
+    geo = K._conv_geometry(shape[2], shape[3], k, s, p, d)
+    L = geo[8] * geo[9]
+    want = naive_im2col(x, k, s, p, d)  # (N, R, L)
+    xp = run.xp
+    col = xp.empty((want.shape[1], N * L), np.float32)
+    K._im2col_into(xp, run.dev(x), col, geo, batch_wide=True)
+    close(run.host(col), want.transpose(1, 0, 2).reshape(want.shape[1], N * L), what="im2col")
+    g = rng.standard_normal(col.shape).astype(np.float32)
+    gx = xp.empty(shape, np.float32)
+    K._col2im_into(xp, run.dev(g), gx, geo, batch_wide=True)
+    per_image = g.reshape(-1, N, L).transpose(1, 0, 2)
+    close(run.host(gx), naive_col2im(per_image, shape[2:], k, s, p, d), scale=10, what="col2im")
+
+
+EDGE_POOLS = [  # sizes where index splitting by fast division meets its edge cases
+    ((1, 1, 1, 17), (1, 3), (1, 2), (0, 1), False),
+    ((2, 3, 16, 1), (4, 1), (4, 1), (2, 0), True),
+    ((1, 2, 33, 32), (3, 3), (7, 5), (1, 1), True),   # stride > kernel: uncovered inputs
+    ((1, 1, 2, 2), (2, 2), (1, 1), (1, 1), False),
+]
+
+
+@pytest.mark.parametrize("shape,k,s,p,ceil", EDGE_POOLS)
+def test_pool_edge_sizes(run, rng, shape, k, s, p, ceil):
+    minidl, F = _functional()
+    x = rng.standard_normal(shape).astype(np.float32)
+    gy_shape = K.max_pool2d_forward(x, k, s, p, ceil)[0].shape
+    gy = rng.standard_normal(gy_shape).astype(np.float32)
+    y, am = K.max_pool2d_forward(run.dev(x), k, s, p, ceil)
+    gx = K.max_pool2d_backward(run.dev(gy), am, shape, k, s, p, ceil)
+    t = minidl.Tensor(x, requires_grad=True)
+    ty = F.max_pool2d(t, k, s, p, ceil)
+    ty.backward(minidl.Tensor(gy))
+    close(run.host(y), ty.data, what="max y")
+    close(run.host(gx), t.grad.data, what="max gx")
+    for cip in (True, False):
+        y = K.avg_pool2d_forward(run.dev(x), k, s, p, ceil, cip)
+        gx = K.avg_pool2d_backward(run.dev(gy), shape, k, s, p, ceil, cip)
+        t = minidl.Tensor(x, requires_grad=True)
+        ty = F.avg_pool2d(t, k, s, p, ceil, cip)
+        ty.backward(minidl.Tensor(gy))
+        close(run.host(y), ty.data, what=f"avg y cip={cip}")
+        close(run.host(gx), t.grad.data, what=f"avg gx cip={cip}")

@@ -110,7 +110,7 @@ double fmax(double, double) throw(); double fmin(double, double) throw();
 double floor(double) throw(); double ceil(double) throw(); double fma(double, double, double) throw();
 double tanh(double) throw(); double sin(double) throw(); double cos(double) throw();
 double erf(double) throw(); double fmod(double, double) throw(); double round(double) throw();
-double trunc(double) throw();
+double trunc(double) throw(); double exp2(double) throw(); double log2(double) throw();
 }
 // CUDA's C++ float overloads of the plain names (device code may call exp(float)).
 inline float exp(float x) { return expf(x); }
@@ -129,6 +129,9 @@ inline float __logf(float x) { return logf(x); }
 inline float __powf(float x, float y) { return powf(x, y); }
 inline float __fdividef(float x, float y) { return x / y; }
 inline float __frcp_rn(float x) { return 1.0f / x; }
+inline unsigned __umulhi(unsigned a, unsigned b) {
+  return (unsigned)(((unsigned long long)a * b) >> 32);
+}
 inline float __fsqrt_rn(float x) { return sqrtf(x); }
 inline float __fmaf_rn(float x, float y, float z) { return fmaf(x, y, z); }
 inline double __fma_rn(double x, double y, double z) { return fma(x, y, z); }

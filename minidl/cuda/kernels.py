@@ -146,6 +146,22 @@ def _check_index(n, what):
                          f"take fewer than {INDEX_LIMIT}")
 
 
+def fast_divisor(d):
+    """The packed divisor the kernels' ``fast_div(n, m)`` divides by: ``n / d`` for every
+    0 <= n < 2^31 as ``umulhi(n, mul) >> shr`` with l = ceil(log2 d), mul = ceil(2^(31+l) / d),
+    shr = l - 1, packed as ``np.uint64(mul | shr << 32)``; 0 encodes d = 1 (Granlund &
+    Montgomery 1994; CUTLASS's FastDivmod). mul < 2^32 because d is not a power of two below
+    2^l unless d == 2^l, where mul = 2^31."""
+    d = int(d)
+    if not 1 <= d < 2 ** 31:
+        raise ValueError(f"fast_divisor: divisor {d} out of range [1, 2^31)")
+    if d == 1:
+        return np.uint64(0)
+    lg = (d - 1).bit_length()  # ceil(log2 d)
+    mul = ((1 << (31 + lg)) + d - 1) // d
+    return np.uint64(mul | ((lg - 1) << 32))
+
+
 _resident_blocks = {}
 
 
@@ -211,23 +227,34 @@ def _batch_chunk(N, col_elems, x_elems, itemsize=None):
     return max(1, min(N, by_mem, by_index))
 
 
-def _im2col_into(xp, x, col, geo):
-    """x (n, C, H, W) contiguous -> col (n, C*KH*KW, OH*OW) contiguous, one launch."""
+def _im2col_into(xp, x, col, geo, batch_wide=False):
+    """x (n, C, H, W) contiguous -> col, one launch: per image (n, C*KH*KW, OH*OW) (torch's
+    unfold), or with ``batch_wide`` the (C*KH*KW, n*OH*OW) matrix (column n*L + l)."""
     KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geo
     n, C, H, W = x.shape
+    L = OH * OW
     _check_index(col.size, "the column buffer")
     _check_index(x.size, "the image block")
-    _launch(xp, "im2col.cu", "im2col_" + _suffix(x.dtype), n * C * OH * OW,
-            (x, col, *[_i32(v) for v in (n, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)]))
+    img, row = (L, n * L) if batch_wide else (C * KH * KW * L, L)
+    _launch(xp, "im2col.cu", "im2col_" + _suffix(x.dtype), n * C * L,
+            (x, col, *[_i32(v) for v in (n, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+                                        img, row)],
+             fast_divisor(OW), fast_divisor(OH), fast_divisor(C)))
 
 
-def _col2im_into(xp, col, x, geo):
+def _col2im_into(xp, col, x, geo, batch_wide=False):
+    """The adjoint of :func:`_im2col_into` (same layouts) into x (n, C, H, W)."""
     KH, KW, SH, SW, PH, PW, DH, DW, OH, OW = geo
     n, C, H, W = x.shape
+    L = OH * OW
     _check_index(col.size, "the column buffer")
     _check_index(x.size, "the image block")
+    img, row = (L, n * L) if batch_wide else (C * KH * KW * L, L)
     _launch(xp, "im2col.cu", "col2im_" + _suffix(x.dtype), x.size,
-            (col, x, *[_i32(v) for v in (n, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)]))
+            (col, x, *[_i32(v) for v in (n, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+                                        img, row)],
+             fast_divisor(W), fast_divisor(H), fast_divisor(C), fast_divisor(SH),
+             fast_divisor(SW)))
 
 
 def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
@@ -287,38 +314,66 @@ def _conv_setup(x, w, stride, padding, dilation, groups, extra=()):
     return xp, dt, geo, groups
 
 
+def _conv_chunk(N, C, K2, L, F, itemsize):
+    """Images per pass: the column buffer (C*K2 rows, n*L columns) within col_budget_bytes() and
+    32-bit indexing, and the (F, n*L) GEMM output likewise."""
+    return _batch_chunk(N, (C * K2 + F) * L, C * K2 * L, itemsize)
+
+
+def _tf32(xp):
+    if xp is not np:
+        from minidl import cuda as _cuda
+        _cuda.apply_tf32()
+
+
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     """y (N, F, OH, OW) = conv(x (N, C, H, W), w (F, C/groups, KH, KW)) + b (F,).
 
-    im2col of a chunk of the batch, then one GEMM per group (cupy.matmul -> cuBLAS on the GPU,
-    np.matmul under the emulation): y[n, group g] = W_g (F/g, K) @ col[n, rows of g] (K, L)."""
+    Per chunk of n images (all N unless the column buffer would exceed
+    ``col_budget_bytes()``): im2col into ONE buffer laid out as the (C*KH*KW, n*OH*OW) matrix,
+    then ONE GEMM per group over the whole chunk, written in place (``out=``) into an
+    (F, n*OH*OW) buffer: rows of group g = W_g (F/g, K) @ col[rows of g] (K, n*L) (cuBLAS on
+    the GPU, NumPy under the emulation). One pass then writes it to y in (N, F, L) order with
+    the bias added. Temporaries: the column buffer and the GEMM output (y-sized), nothing else."""
     xp, dt, geo, groups = _conv_setup(x, w, stride, padding, dilation, groups, (b,))
     x, w = _prep(xp, x, dt), _prep(xp, w, dt)
     N, C, H, W = x.shape
     F = w.shape[0]
     KH, KW, OH, OW = geo[0], geo[1], geo[8], geo[9]
     K, L, Fg = (C // groups) * KH * KW, OH * OW, F // groups
-    y = xp.empty((N, F, L), dtype=dt)
-    wg = w.reshape(groups, Fg, K)
-    step = _batch_chunk(N, C * KH * KW * L, C * H * W, x.itemsize)
-    for n0 in range(0, N, step):
-        n1 = min(N, n0 + step)
-        col = xp.empty((n1 - n0, C * KH * KW, L), dtype=dt)
-        _im2col_into(xp, x[n0:n1], col, geo)
-        for g in range(groups):
-            y[n0:n1, g * Fg:(g + 1) * Fg] = xp.matmul(wg[g], col[:, g * K:(g + 1) * K])
-    y = y.reshape(N, F, OH, OW)
     if b is not None:
         if b.shape != (F,):
             raise ValueError(f"conv2d bias must have shape ({F},), got {b.shape}")
-        y += b.astype(dt, copy=False).reshape(1, F, 1, 1)
-    return y
+        b = _prep(xp, b, dt).reshape(1, F, 1)
+    _tf32(xp)
+    y = xp.empty((N, F, L), dtype=dt)
+    wg = w.reshape(groups, Fg, K)
+    step = _conv_chunk(N, C, KH * KW, L, F, x.itemsize)
+    col = out = None
+    for n0 in range(0, N, step):
+        n1 = min(N, n0 + step)
+        n = n1 - n0
+        if col is None or col.shape[1] != n * L:
+            col = xp.empty((C * KH * KW, n * L), dtype=dt)
+            out = xp.empty((F, n * L), dtype=dt)
+        _im2col_into(xp, x[n0:n1], col, geo, batch_wide=True)
+        for g in range(groups):
+            xp.dot(wg[g], col[g * K:(g + 1) * K], out=out[g * Fg:(g + 1) * Fg])
+        res = out.reshape(F, n, L).transpose(1, 0, 2)
+        if b is None:
+            y[n0:n1] = res
+        else:
+            xp.add(res, b, out=y[n0:n1])
+    return y.reshape(N, F, OH, OW)
 
 
 def conv2d_backward(x, w, gy, stride=1, padding=0, dilation=1, groups=1, need_x=True,
                     need_w=True, need_b=True):
     """Gradients of :func:`conv2d_forward` given gy (N, F, OH, OW): (gx, gw, gb), None where
-    not needed. gw_g = sum_n gy[n, g] @ col[n, g]^T; gx = col2im(W_g^T @ gy[n, g]); gb = sum gy."""
+    not needed. Per chunk of n images, with gy^T the chunk's gy as an (F, n*L) matrix (one
+    gy-sized transpose): gw_g += gy^T_g (F/g, n*L) @ col_g^T (n*L, K) -- one GEMM per group --
+    then the SAME column buffer receives gcol_g = W_g^T (K, F/g) @ gy^T_g (one GEMM per group,
+    ``out=``) and col2im folds it into gx. gb = sum of gy over (N, OH, OW)."""
     xp, dt, geo, groups = _conv_setup(x, w, stride, padding, dilation, groups, (gy,))
     x, w = _prep(xp, x, dt), _prep(xp, w, dt)
     N, C, H, W = x.shape
@@ -327,28 +382,40 @@ def conv2d_backward(x, w, gy, stride=1, padding=0, dilation=1, groups=1, need_x=
     K, L, Fg = (C // groups) * KH * KW, OH * OW, F // groups
     if gy.shape != (N, F, OH, OW):
         raise ValueError(f"conv2d_backward: gy has shape {gy.shape}, expected {(N, F, OH, OW)}")
+    _tf32(xp)
     gy = _prep(xp, gy, dt).reshape(N, F, L)
     gb = gy.sum(axis=(0, 2)) if need_b else None
     gx = xp.empty((N, C, H, W), dtype=dt) if need_x else None
-    gw = xp.zeros((groups, Fg, K), dtype=dt) if need_w else None
+    gw = xp.empty((groups, Fg, K), dtype=dt) if need_w else None
     wg = w.reshape(groups, Fg, K)
     if need_x or need_w:
-        step = _batch_chunk(N, C * KH * KW * L, C * H * W, x.itemsize)
+        step = _conv_chunk(N, C, KH * KW, L, F, x.itemsize)
+        col = gyt = part = None
         for n0 in range(0, N, step):
             n1 = min(N, n0 + step)
+            n = n1 - n0
+            if col is None or col.shape[1] != n * L:
+                col = xp.empty((C * KH * KW, n * L), dtype=dt)
+                gyt = xp.empty((F, n * L), dtype=dt)
+            gyt.reshape(F, n, L)[...] = gy[n0:n1].transpose(1, 0, 2)
             if need_w:
-                col = xp.empty((n1 - n0, C * KH * KW, L), dtype=dt)
-                _im2col_into(xp, x[n0:n1], col, geo)
+                _im2col_into(xp, x[n0:n1], col, geo, batch_wide=True)
                 for g in range(groups):
-                    gw[g] += xp.tensordot(gy[n0:n1, g * Fg:(g + 1) * Fg],
-                                          col[:, g * K:(g + 1) * K], axes=([0, 2], [0, 2]))
-                del col
+                    rows = col[g * K:(g + 1) * K]
+                    if n0 == 0:
+                        xp.dot(gyt[g * Fg:(g + 1) * Fg], rows.T, out=gw[g])
+                    else:
+                        if part is None:
+                            part = xp.empty((Fg, K), dtype=dt)
+                        xp.dot(gyt[g * Fg:(g + 1) * Fg], rows.T, out=part)
+                        gw[g] += part
             if need_x:
-                gcol = xp.empty((n1 - n0, C * KH * KW, L), dtype=dt)
                 for g in range(groups):
-                    gcol[:, g * K:(g + 1) * K] = xp.matmul(wg[g].T, gy[n0:n1, g * Fg:(g + 1) * Fg])
-                _col2im_into(xp, gcol, gx[n0:n1], geo)
-    return gx, (gw.reshape(w.shape) if need_w else None), gb
+                    xp.dot(wg[g].T, gyt[g * Fg:(g + 1) * Fg], out=col[g * K:(g + 1) * K])
+                _col2im_into(xp, col, gx[n0:n1], geo, batch_wide=True)
+    if gw is not None:
+        gw = gw.reshape(w.shape)
+    return gx, gw, gb
 
 
 # ---- LRN -------------------------------------------------------------------------------------
@@ -365,38 +432,58 @@ def _lrn_setup(x, size):
     return size, N, C, HW
 
 
-def lrn_forward(x, size, alpha=1e-4, beta=0.75, k=2.0):
+def _lrn_chunk(N, C, HW, chunk=None):
+    """Channels per LRN thread: the largest of 32/16/8 that still gives about 2^20 threads
+    (several waves on any current GPU), never more than C. ``chunk`` overrides (tests)."""
+    if chunk is not None:
+        chunk = int(chunk)
+        if chunk < 1:
+            raise ValueError(f"LRN chunk must be >= 1, got {chunk}")
+        return min(chunk, max(1, C))
+    for c in (32, 16):
+        if N * HW * -(-C // c) >= 2 ** 20:
+            return min(c, max(1, C))
+    return min(8, max(1, C))
+
+
+def lrn_forward(x, size, alpha=1e-4, beta=0.75, k=2.0, chunk=None):
     """Local response normalization in the AlexNet paper's form (alpha NOT divided by size).
 
     x (N, C, ...) -> (y, scale), both x's shape and dtype:
     scale = k + alpha * sum_{j in [c - size//2, c + (size-1)//2] clipped} x_j^2,
-    y = x * scale^-beta. One thread per (n, spatial position)."""
+    y = x * scale^-beta. One thread per (n, chunk of channels, spatial position); ``chunk``
+    (channels per thread) is chosen to fill the GPU unless given."""
     xp = _array_module(x)
     dt = _float_dtype(x, "x")
     x = _prep(xp, x, dt)
     size, N, C, HW = _lrn_setup(x, size)
     y, scale = xp.empty_like(x), xp.empty_like(x)
     s = dt.type
-    _launch(xp, "lrn.cu", "lrn_forward_" + _suffix(dt), N * HW,
-            (x, y, scale, _i32(N), _i32(C), _i32(HW), _i32(size), s(alpha), s(beta), s(k)))
+    ch = _lrn_chunk(N, C, HW, chunk)
+    _launch(xp, "lrn.cu", "lrn_forward_" + _suffix(dt), N * -(-C // ch) * HW,
+            (x, y, scale, _i32(N), _i32(C), _i32(HW), _i32(size), s(alpha), s(beta), s(k),
+             _i32(ch)))
     return y, scale
 
 
-def lrn_backward(x, y, scale, gy, size, alpha=1e-4, beta=0.75):
-    """dL/dx for :func:`lrn_forward` from its saved (y, scale) and gy (all x's shape):
+def lrn_backward(x, y, scale, gy, size, alpha=1e-4, beta=0.75, chunk=None):
+    """dL/dx for :func:`lrn_forward` from its saved scale and gy (all x's shape):
     gx_i = gy_i * scale_i^-beta - 2*alpha*beta * x_i * sum_{j in [i-(size-1)//2, i+size//2]}
-    gy_j * y_j / scale_j."""
+    gy_j * x_j * scale_j^(-beta-1). ``y`` is checked for shape but not read (the kernel forms
+    y_j / scale_j from x_j and scale_j: one array less to read)."""
     xp = _array_module(x, y, scale, gy)
     dt = _float_dtype(x, "x")
     for name, a in (("y", y), ("scale", scale), ("gy", gy)):
         if a.shape != x.shape:
             raise ValueError(f"lrn_backward: {name} has shape {a.shape}, x has {x.shape}")
-    x, y, scale, gy = (_prep(xp, a, dt) for a in (x, y, scale, gy))
+    x, scale, gy = (_prep(xp, a, dt) for a in (x, scale, gy))
     size, N, C, HW = _lrn_setup(x, size)
     gx = xp.empty_like(x)
     s = dt.type
-    _launch(xp, "lrn.cu", "lrn_backward_" + _suffix(dt), N * HW,
-            (x, y, scale, gy, gx, _i32(N), _i32(C), _i32(HW), _i32(size), s(alpha), s(beta)))
+    ch = _lrn_chunk(N, C, HW, chunk)
+    _launch(xp, "lrn.cu", "lrn_backward_" + _suffix(dt), N * -(-C // ch) * HW,
+            (x, scale, gy, gx, _i32(N), _i32(C), _i32(HW), _i32(size), s(alpha), s(beta),
+             _i32(ch)))
     return gx
 
 
@@ -439,6 +526,13 @@ def _shape_args(g):
     return tuple(_i32(v) for v in (N * C, H, W, OH, OW, KH, KW, SH, SW, PH, PW))
 
 
+def _pool_divs(g):
+    """The packed divisors (:func:`fast_divisor`) of W, H, OW, OH, SH, SW: the pooling kernels'
+    last six arguments."""
+    _, _, H, W, OH, OW, _, _, SH, SW, _, _ = g
+    return tuple(fast_divisor(v) for v in (W, H, OW, OH, SH, SW))
+
+
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     """x (N, C, H, W) -> (y (N, C, OH, OW), argmax int32 (N, C, OH, OW) = h*W + w per plane).
     A value wins if v > max or v is NaN (first maximum in row-major order wins ties; NaN
@@ -451,7 +545,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     y = xp.empty((N, C, OH, OW), dtype=dt)
     argmax = xp.empty((N, C, OH, OW), dtype=np.int32)
     _launch(xp, "pooling.cu", "max_pool2d_forward_" + _suffix(dt), y.size,
-            (x, y, argmax, *_shape_args(g)))
+            (x, y, argmax, *_shape_args(g), *_pool_divs(g)))
     return y, argmax
 
 
@@ -469,7 +563,7 @@ def max_pool2d_backward(gy, argmax, input_shape, kernel_size, stride=None, paddi
     gy, argmax = _prep(xp, gy, dt), _prep(xp, argmax, np.int32)
     gx = xp.empty((N, C, H, W), dtype=dt)
     _launch(xp, "pooling.cu", "max_pool2d_backward_" + _suffix(dt), gx.size,
-            (gy, argmax, gx, *_shape_args(g)))
+            (gy, argmax, gx, *_shape_args(g), *_pool_divs(g)))
     return gx
 
 
@@ -484,7 +578,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     N, C, _, _, OH, OW = g[:6]
     y = xp.empty((N, C, OH, OW), dtype=dt)
     _launch(xp, "pooling.cu", "avg_pool2d_forward_" + _suffix(dt), y.size,
-            (x, y, *_shape_args(g), _i32(bool(count_include_pad))))
+            (x, y, *_shape_args(g), _i32(bool(count_include_pad)), *_pool_divs(g)))
     return y
 
 
@@ -501,7 +595,7 @@ def avg_pool2d_backward(gy, input_shape, kernel_size, stride=None, padding=0, ce
     gy = _prep(xp, gy, dt)
     gx = xp.empty((N, C, H, W), dtype=dt)
     _launch(xp, "pooling.cu", "avg_pool2d_backward_" + _suffix(dt), gx.size,
-            (gy, gx, *_shape_args(g), _i32(bool(count_include_pad))))
+            (gy, gx, *_shape_args(g), _i32(bool(count_include_pad)), *_pool_divs(g)))
     return gx
 
 

@@ -13,12 +13,15 @@
 // without a division per element, see ChannelWalk).
 //
 // The slope gradient is a big reduction (AlexNet-sized conv1 output: 37M terms into 96 sums, or
-// into ONE sum when shared -- where frameworks that reduce with atomics serialize). It is done
-// in two deterministic stages:
-//   1. prelu_slope_partial: a grid of P x G blocks; block (p, g) sums the terms of group g at
-//      positions p*B + t, p*B + t + P*B, ... (a grid-stride loop inside the group) and reduces
-//      its B threads (warp shuffles, then one shared-memory slot per warp) to partial[g*P + p];
+// into ONE sum when shared -- where frameworks that reduce with atomics serialize). The backward
+// is ONE pass over x and dy (12 bytes per element: x, dy read once, dx written once) plus a tiny
+// second stage, deterministic:
+//   1. prelu_backward_partial: a grid of P x G blocks; block (p, g) walks the elements of group
+//      g at positions p*B + t, p*B + t + P*B, ... (a grid-stride loop inside the group), writes
+//      dx for each and sums the slope terms, then reduces its B threads (warp shuffles, then one
+//      shared-memory slot per warp) to partial[g*P + p];
 //   2. prelu_slope_final: one block per group sums its P partials in a fixed order.
+// (prelu_backward_x alone serves the case where the slope needs no gradient.)
 // Same sizes -> same summation tree -> bit-identical results run to run (no atomics).
 // A channel-wise group g holds the elements (n, g, s); the shared case is the same kernel with
 // one group of C*S consecutive elements per item (C = 1, S = C*S).
@@ -90,24 +93,32 @@ __device__ __forceinline__ T block_sum(T v, T* warp_sums) {
   return v;
 }
 
-// Stage 1. Grid (P, G). Group g has M = N*S terms: term m is element
-// (m / S) * C*S + g*S + m % S of x and gy. partial has G*P entries.
+// Stage 1, fused with dx. Grid (P, G). Group g has M = N*S elements: element m is
+// (m / S) * C*S + g*S + m % S of x, dy and dx. partial has G*P entries.
 template <typename T>
-__device__ __forceinline__ void prelu_slope_partial_impl(const T* __restrict__ x,
-                                                         const T* __restrict__ gy,
-                                                         T* __restrict__ partial, int N, int C,
-                                                         int S) {
+__device__ __forceinline__ void prelu_backward_partial_impl(const T* __restrict__ x,
+                                                            const T* __restrict__ a,
+                                                            const T* __restrict__ gy,
+                                                            T* __restrict__ gx,
+                                                            T* __restrict__ partial, int N, int C,
+                                                            int S) {
   __shared__ T warp_sums[32];
   const int g = blockIdx.y, P = gridDim.x, M = N * S, stride = blockDim.x * P;
+  const T slope = a[g];
   T acc = T(0);
   int m = blockIdx.x * blockDim.x + threadIdx.x;
-  // term m = n*S + r is element (n*C + g)*S + r; walk (n, r) by additions (see ChannelWalk)
+  // element m = n*S + r is (n*C + g)*S + r; walk (n, r) by additions (see ChannelWalk)
   int n = m / S, r = m - (m / S) * S;
   const int ns = stride / S, rs = stride - ns * S;
   for (; m < M; m += stride) {
     const int at = (n * C + g) * S + r;
-    const T v = x[at];
-    if (v <= T(0)) acc += gy[at] * v;
+    const T v = x[at], d = gy[at];
+    if (v > T(0)) {
+      gx[at] = d;
+    } else {
+      gx[at] = slope * d;
+      acc += d * v;
+    }
     r += rs;
     n += ns;
     if (r >= S) { r -= S; ++n; }
@@ -152,17 +163,21 @@ extern "C" __global__ void prelu_backward_x_f64(const double* __restrict__ x,
                                                 int shared) {
   prelu_backward_x_impl<double>(x, a, gy, gx, total, C, S, shared);
 }
-extern "C" __global__ void prelu_slope_partial_f32(const float* __restrict__ x,
-                                                   const float* __restrict__ gy,
-                                                   float* __restrict__ partial, int N, int C,
-                                                   int S) {
-  prelu_slope_partial_impl<float>(x, gy, partial, N, C, S);
+extern "C" __global__ void prelu_backward_partial_f32(const float* __restrict__ x,
+                                                      const float* __restrict__ a,
+                                                      const float* __restrict__ gy,
+                                                      float* __restrict__ gx,
+                                                      float* __restrict__ partial, int N, int C,
+                                                      int S) {
+  prelu_backward_partial_impl<float>(x, a, gy, gx, partial, N, C, S);
 }
-extern "C" __global__ void prelu_slope_partial_f64(const double* __restrict__ x,
-                                                   const double* __restrict__ gy,
-                                                   double* __restrict__ partial, int N, int C,
-                                                   int S) {
-  prelu_slope_partial_impl<double>(x, gy, partial, N, C, S);
+extern "C" __global__ void prelu_backward_partial_f64(const double* __restrict__ x,
+                                                      const double* __restrict__ a,
+                                                      const double* __restrict__ gy,
+                                                      double* __restrict__ gx,
+                                                      double* __restrict__ partial, int N, int C,
+                                                      int S) {
+  prelu_backward_partial_impl<double>(x, a, gy, gx, partial, N, C, S);
 }
 extern "C" __global__ void prelu_slope_final_f32(const float* __restrict__ partial,
                                                  float* __restrict__ ga, int P) {

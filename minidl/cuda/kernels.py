@@ -630,15 +630,16 @@ def prelu_forward(x, weight):
 
 
 def _slope_blocks(M):
-    """Blocks per slope group in stage 1: ~8 terms per thread, at most 1024 partial sums (the
-    final pass adds them in one block)."""
-    return max(1, min(-(-M // (BLOCK * 8)), 1024, max_blocks()))
+    """Blocks per slope group in the fused backward: ~8 elements per thread, at most 2048
+    partial sums (the final pass adds them in one block)."""
+    return max(1, min(-(-M // (BLOCK * 8)), 2048, max_blocks()))
 
 
 def prelu_backward(x, weight, gy, need_weight=True):
     """(gx, gw): gx = gy if x > 0 else a*gy; gw[c] = sum of gy*x over x <= 0 in channel c (or
-    over everything when shared), by a deterministic two-stage reduction. gw is None when not
-    needed."""
+    over everything when shared). With need_weight: ONE pass reads x and gy once, writes gx and
+    per-block partial sums, and a second tiny launch adds the partials in a fixed order
+    (deterministic). gw is None when not needed."""
     xp = _array_module(x, weight, gy)
     dt = _float_dtype(x, "x")
     if gy.shape != x.shape:
@@ -647,11 +648,11 @@ def prelu_backward(x, weight, gy, need_weight=True):
     shared, C, S = _prelu_setup(x, weight)
     sfx = _suffix(dt)
     gx = xp.empty_like(x)
-    _launch(xp, "prelu.cu", "prelu_backward_x_" + sfx, x.size,
-            (x, weight, gy, gx, _i32(x.size), _i32(C), _i32(S), _i32(shared)))
     if not need_weight:
+        _launch(xp, "prelu.cu", "prelu_backward_x_" + sfx, x.size,
+                (x, weight, gy, gx, _i32(x.size), _i32(C), _i32(S), _i32(shared)))
         return gx, None
-    if shared:  # one group of all elements: N = 1 item of C*S = size consecutive terms
+    if shared:  # one group of all elements: N = 1 item of C*S = size consecutive elements
         N, C, S = 1, 1, x.size
     else:
         N = x.shape[0]
@@ -664,8 +665,8 @@ def prelu_backward(x, weight, gy, need_weight=True):
         return gx, gw
     P = _slope_blocks(M)
     partial = xp.empty(G * P, dtype=dt)
-    k1 = _kernel(xp, "prelu.cu", "prelu_slope_partial_" + sfx)
-    k1((P, G), (BLOCK,), (x, gy, partial, _i32(N), _i32(C), _i32(S)))
+    k1 = _kernel(xp, "prelu.cu", "prelu_backward_partial_" + sfx)
+    k1((P, G), (BLOCK,), (x, weight, gy, gx, partial, _i32(N), _i32(C), _i32(S)))
     k2 = _kernel(xp, "prelu.cu", "prelu_slope_final_" + sfx)
     k2((G,), (BLOCK,), (partial, gw, _i32(P)))
     return gx, gw

@@ -79,7 +79,8 @@ def _cases(batch, ops):
                 torch=lambda T, x: T.nn.functional.local_response_norm(
                     x, LRN["size"], alpha=LRN["alpha"] * LRN["size"], beta=LRN["beta"], k=LRN["k"])))
             cases.append(dict(
-                op="lrn_backward", layer=name, shape=shape, bytes=5 * 4 * n,
+                # the kernel reads x, scale, gy and writes gx (y is not needed: see lrn.cu)
+                op="lrn_backward", layer=name, shape=shape, bytes=4 * 4 * n,
                 inputs=lambda xp, rng, s=shape: _lrn_bw_inputs(xp, rng, s),
                 run=lambda x, y, sc, gy: K.lrn_backward(x, y, sc, gy, LRN["size"], LRN["alpha"],
                                                         LRN["beta"]),

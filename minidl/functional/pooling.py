@@ -103,7 +103,8 @@ def _max_pool_forward(x, k, s, p, ceil_mode):
 
 
 def _scatter_to_planes(gy, arg, input_shape):
-    """gx[n, c].flat[arg[n, c, i, j]] += gy[n, c, i, j], summed deterministically."""
+    """gx[n, c].flat[arg[n, c, i, j]] += gy[n, c, i, j], summed deterministically (the NumPy
+    path of max pooling; CuPy runs the CUDA kernel, adaptive pooling _scatter_by_bins)."""
     xp = xp_of(gy)
     n, c, h, w = input_shape
     planes = xp.arange(n * c, dtype=np.int64).reshape(n, c, 1, 1) * (h * w)
@@ -253,10 +254,11 @@ class AdaptiveMaxPool2d(Function):
             for j, (w0, w1) in enumerate(adaptive_bins(w, ow)):
                 win = x[:, :, h0:h1, w0:w1].reshape(n, c, -1)
                 a = xp.argmax(win, axis=2)
+                # the LAST NaN wins (v > max || isnan(v) scanned in order); decided per window
+                # on the device, never by a host-side `if nan.any()` (a sync per bin on a GPU)
                 nan = xp.isnan(win)
-                if nan.any():  # the LAST NaN wins (v > max || isnan(v) scanned in order)
-                    last = win.shape[2] - 1 - xp.argmax(nan[:, :, ::-1], axis=2)
-                    a = xp.where(nan.any(axis=2), last, a)
+                last = win.shape[2] - 1 - xp.argmax(nan[:, :, ::-1], axis=2)
+                a = xp.where(nan.any(axis=2), last, a)
                 y[:, :, i, j] = xp.take_along_axis(win, a[:, :, None], axis=2)[:, :, 0]
                 bw = w1 - w0
                 arg[:, :, i, j] = (h0 + a // bw) * w + (w0 + a % bw)
@@ -264,7 +266,25 @@ class AdaptiveMaxPool2d(Function):
         return y
 
     def backward(self, gy):
-        return _scatter_to_planes(gy, self.arg, self.shape)
+        return _scatter_by_bins(gy, self.arg, self.shape)
+
+
+def _scatter_by_bins(gy, arg, input_shape):
+    """``gx[n, c].flat[arg[n, c, i, j]] += gy[n, c, i, j]`` without a device-to-host sync: one
+    scatter per output bin (i, j), in a fixed order (deterministic). Within one bin every
+    (n, c) writes its own plane, so no two targets of a scatter collide; bins that pick the same
+    input (overlapping adaptive bins) add up across the sequential scatters. (``bincount`` on
+    CuPy synchronizes twice: a negative check and the max index.)"""
+    xp = xp_of(gy)
+    n, c, h, w = input_shape
+    oh, ow = gy.shape[2:]
+    gx = xp.zeros((n * c, h * w), dtype=gy.dtype)
+    rows = xp.arange(n * c)
+    arg = arg.reshape(n * c, oh * ow)
+    g = gy.reshape(n * c, oh * ow)
+    for b in range(oh * ow):
+        gx[rows, arg[:, b]] += g[:, b]
+    return gx.reshape(input_shape)
 
 
 class AdaptiveAvgPool2d(Function):

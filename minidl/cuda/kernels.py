@@ -24,7 +24,6 @@ Launch configuration: 256 threads per block, a grid-stride loop in every kernel,
 ``launch_limits(max_blocks=3)`` so the grid-stride loops really loop.
 """
 import contextlib
-import math
 import os
 
 import numpy as np

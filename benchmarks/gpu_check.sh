@@ -201,10 +201,29 @@ for tf in off on; do
 done
 
 # ---- SLOT: distributed (NCCL at world size 1) ----------------------------------------------------
-# The distributed work plugs its check in here. Until minidl.distributed exists this records a
-# skip; when it does, one process initializes the NCCL group at world size 1 and all-reduces.
-if "$PY" -c 'import minidl.distributed' >/dev/null 2>&1; then
-  MASTER_ADDR=127.0.0.1 MASTER_PORT="${GPU_CHECK_NCCL_PORT:-29533}" RANK=0 WORLD_SIZE=1 \
+# One process (an MPI singleton: no launcher needed at world size 1) initializes the NCCL group
+# of minidl.distributed and all-reduces. What the group needs (mpi4py, NCCL through
+# cupy.cuda.nccl) is checked first: where it is missing the step is a recorded skip, not a
+# failure. Further distributed checks go in this slot.
+NCCL_MISSING="$("$PY" 2>&1 <<'EOF' | tail -1
+try:
+    import minidl.distributed  # noqa: F401
+except Exception as e:
+    print(f"minidl.distributed not importable ({type(e).__name__})"); raise SystemExit
+try:
+    import mpi4py  # noqa: F401
+except Exception:
+    print("mpi4py is not installed (the process group exchanges the NCCL id over MPI)"); raise SystemExit
+try:
+    from cupy.cuda import nccl
+    if not getattr(nccl, "available", True):
+        raise ImportError("cupy.cuda.nccl.available is False")
+except Exception as e:
+    print(f"NCCL is not usable through cupy.cuda.nccl ({type(e).__name__}: {e})")
+EOF
+)"
+if [ -z "$NCCL_MISSING" ]; then
+  RANK=0 WORLD_SIZE=1 \
   run_step nccl "init_process_group(nccl), world size 1" "$PY" - <<'EOF'
 import inspect
 import minidl.distributed as dist
@@ -223,7 +242,7 @@ if hasattr(dist, "destroy_process_group"):
     dist.destroy_process_group()
 EOF
 else
-  skip_step nccl "minidl.distributed is not in this checkout"
+  skip_step nccl "$NCCL_MISSING"
 fi
 # ---- end of SLOT ---------------------------------------------------------------------------------
 

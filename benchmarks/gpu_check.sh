@@ -25,11 +25,12 @@
 # passed (or was skipped with a reason), 1 otherwise; the steps after a failure still run.
 #
 # Without a GPU (no CuPy, or no visible device) it prints what it would do and exits 0.
-# GPU_CHECK_DRY_RUN=1 forces that plan-only mode on any machine.
+# GPU_CHECK_DRY_RUN=1 forces that plan-only mode on any machine; GPU_CHECK_FORCE=1 runs the steps
+# even without a GPU (they fail; the tests use it to check the script's own machinery).
 #
-# Knobs (environment): PYTHON (default python3), GPU_CHECK_BUDGET_S (overall, default 470),
+# Knobs (environment): PYTHON (default python3), GPU_CHECK_BUDGET_S (overall, default 475),
 # GPU_CHECK_T_<STEP> (per-step timeout in seconds, e.g. GPU_CHECK_T_KERNELS=90),
-# GPU_CHECK_ALEXNET_EPOCHS (default 12), COMPUTE_SANITIZER (path of the tool).
+# GPU_CHECK_ALEXNET_EPOCHS (default 15), COMPUTE_SANITIZER (path of the tool).
 set -u
 
 usage() { sed -n '2,/^set -u$/p' "$0" | sed -e '/^set -u$/d' -e 's/^# \{0,1\}//'; }
@@ -45,13 +46,13 @@ PY="${PYTHON:-python3}"
 command -v "$PY" >/dev/null 2>&1 || PY=python
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
-BUDGET="${GPU_CHECK_BUDGET_S:-470}"
-EPOCHS="${GPU_CHECK_ALEXNET_EPOCHS:-12}"
+BUDGET="${GPU_CHECK_BUDGET_S:-475}"
+EPOCHS="${GPU_CHECK_ALEXNET_EPOCHS:-15}"
 
 # step name -> default timeout (seconds); the sum stays under the 8-minute target
-declare -A T=([env]=15 [pytest]=60 [memcheck]=35 [racecheck]=35 [synccheck]=35 [kernels]=70
+declare -A T=([env]=15 [pytest]=55 [memcheck]=35 [racecheck]=35 [synccheck]=35 [kernels]=60
               [models_tf32_off_alexnet]=25 [models_tf32_off_resnet50]=25
-              [models_tf32_on_alexnet]=25 [models_tf32_on_resnet50]=25 [nccl]=10 [alexnet]=100)
+              [models_tf32_on_alexnet]=25 [models_tf32_on_resnet50]=25 [nccl]=10 [alexnet]=130)
 STEPS=(env pytest memcheck racecheck synccheck kernels models_tf32_off_alexnet
        models_tf32_off_resnet50 models_tf32_on_alexnet models_tf32_on_resnet50 nccl alexnet)
 timeout_of() {
@@ -71,7 +72,7 @@ plan() {
              resnet50 batch 64, beside PyTorch+cuDNN -> $OUT/models_tf32_{off,on}_*.json
   nccl       minidl.distributed init_process_group("nccl"), world size 1 (skipped if absent)
   alexnet    $PY examples/alexnet_imagenet.py --device cuda --epochs $EPOCHS --out $OUT/alexnet
-             (must learn: final top-1 error well under chance)
+             (must learn: top-1 error below 0.7, chance 0.9; from log.jsonl if cut short)
 EOF
   local tot=0 s
   echo "  per-step timeouts (s):"
@@ -87,7 +88,7 @@ sys.exit(0 if backend.is_available() else 1)
 EOF
 }
 
-if [ "${GPU_CHECK_DRY_RUN:-0}" != "0" ] || ! have_gpu; then
+if [ "${GPU_CHECK_FORCE:-0}" = "0" ] && { [ "${GPU_CHECK_DRY_RUN:-0}" != "0" ] || ! have_gpu; }; then
   why="GPU_CHECK_DRY_RUN is set"
   [ "${GPU_CHECK_DRY_RUN:-0}" != "0" ] || why="$("$PY" -c 'from minidl import backend; print(backend._why_no_cuda())' 2>&1 | tail -1)"
   echo "gpu_check: DRY RUN, no GPU here ($why)."
@@ -180,6 +181,7 @@ for d in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda /opt/cuda; do
   [ -n "$SAN" ] && break
   [ -n "$d" ] && [ -x "$d/bin/compute-sanitizer" ] && SAN="$d/bin/compute-sanitizer"
 done
+if [ -n "$SAN" ] && [ ! -x "$SAN" ]; then SAN=""; fi
 for tool in memcheck racecheck synccheck; do
   if [ -z "$SAN" ]; then
     skip_step "$tool" "compute-sanitizer not found (PATH, CUDA_HOME, /usr/local/cuda)"
@@ -248,15 +250,26 @@ fi
 
 run_step alexnet "must learn" "$PY" examples/alexnet_imagenet.py --device cuda --epochs "$EPOCHS" \
   --workers 4 --out "$OUT/alexnet" --data-root "$OUT/alexnet/data"
-if [ -f "$OUT/alexnet/results.json" ]; then
-  "$PY" - "$OUT/alexnet/results.json" <<'EOF' 2>&1 | tee -a "$OUT/logs/alexnet.log"
-import json, sys
-r = json.load(open(sys.argv[1]))
-err = r.get("val_top1_error")
-print(f"alexnet: final val top-1 error {err} (chance 0.9 on 10 classes; 'learns' = below 0.7)")
+# learned? the final ten-crop error from results.json or, if the run was cut by its timeout,
+# the last epoch's centre-crop error from log.jsonl
+"$PY" - "$OUT/alexnet" <<'EOF' 2>&1 | tee -a "$OUT/logs/alexnet.log"
+import json, os, sys
+d = sys.argv[1]
+err, where = None, "no results.json or log.jsonl"
+if os.path.exists(os.path.join(d, "results.json")):
+    err, where = json.load(open(os.path.join(d, "results.json"))).get("val_top1_error"), "final, 10 crops"
+elif os.path.exists(os.path.join(d, "log.jsonl")):
+    recs = [json.loads(l) for l in open(os.path.join(d, "log.jsonl")) if '"val_top1"' in l]
+    if recs:
+        err, where = recs[-1]["val_top1"], f"epoch {recs[-1].get('epoch')}, centre crop (run cut short)"
+print(f"alexnet: val top-1 error {err} ({where}); chance 0.9 on 10 classes; learned = below 0.7")
 sys.exit(0 if err is not None and err < 0.7 else 1)
 EOF
-  [ "${PIPESTATUS[0]}" -eq 0 ] || { FAILED=1; echo '{"step": "alexnet_learns", "rc": 1, "seconds": 0, "timed_out": false, "note": "did not learn"}' >> "$OUT/steps.jsonl"; }
+if [ "${PIPESTATUS[0]}" -eq 0 ]; then
+  echo '{"step": "alexnet_learned", "rc": 0, "seconds": 0, "timed_out": false, "note": "learned (see logs/alexnet.log)"}' >> "$OUT/steps.jsonl"
+else
+  FAILED=1
+  echo '{"step": "alexnet_learned", "rc": 1, "seconds": 0, "timed_out": false, "note": "did not learn (see logs/alexnet.log)"}' >> "$OUT/steps.jsonl"
 fi
 
 # ---- summary -----------------------------------------------------------------------------------

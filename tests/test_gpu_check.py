@@ -51,3 +51,28 @@ def test_step_timeouts_are_configurable(tmp_path):
     line = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("kernels ")
             and ln.strip().split()[-1].isdigit()]
     assert line and line[0].split()[-1] == "7", r.stdout
+
+
+def test_forced_run_records_every_step_with_timeouts_and_a_summary(tmp_path):
+    """GPU_CHECK_FORCE=1 runs the real path without a GPU: the steps fail quickly, one is cut
+    by its 2-second timeout, and the script must still log each step, write steps.jsonl and the
+    summary, and exit 1."""
+    import json
+    out = tmp_path / "out"
+    r = _run([str(out)], GPU_CHECK_FORCE="1", GPU_CHECK_T_PYTEST="2", GPU_CHECK_T_KERNELS="20",
+             GPU_CHECK_BUDGET_S="90", COMPUTE_SANITIZER="/nonexistent/compute-sanitizer")
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    steps = [json.loads(ln) for ln in (out / "steps.jsonl").read_text().splitlines()]
+    names = [s["step"] for s in steps]
+    for step in ("env", "pytest", "memcheck", "racecheck", "synccheck", "kernels",
+                 "models_tf32_off_alexnet", "models_tf32_on_resnet50", "nccl", "alexnet",
+                 "alexnet_learned"):
+        assert step in names, f"{step} missing from {names}"
+    by = {s["step"]: s for s in steps}
+    assert by["pytest"]["timed_out"] and by["pytest"]["seconds"] < 10
+    assert by["kernels"]["rc"] == 0  # without a GPU benchmarks/kernels.py says so and exits 0
+    assert by["env"]["rc"] != 0 and by["alexnet_learned"]["rc"] == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] is False and len(summary["steps"]) == len(steps)
+    assert "TIMEOUT" in (out / "summary.txt").read_text()
+    assert (out / "logs" / "kernels.log").read_text().strip()

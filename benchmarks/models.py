@@ -93,8 +93,8 @@ def torch_models():
             tnn.MaxPool2d(3, 2), tnn.Conv2d(c[1], c[2], 3, padding=1), tnn.ReLU(),
             tnn.Conv2d(c[2], c[3], 3, padding=1, groups=2), tnn.ReLU(),
             tnn.Conv2d(c[3], c[4], 3, padding=1, groups=2), tnn.ReLU(), tnn.MaxPool2d(3, 2),
-            tnn.Flatten(), tnn.Dropout(0.5), tnn.Linear(c[4] * n * n, c[5]), tnn.ReLU(),
-            tnn.Dropout(0.5), tnn.Linear(c[5], c[5]), tnn.ReLU(), tnn.Linear(c[5], num_classes))
+            tnn.Flatten(), tnn.Linear(c[4] * n * n, c[5]), tnn.ReLU(), tnn.Dropout(0.5),
+            tnn.Linear(c[5], c[5]), tnn.ReLU(), tnn.Dropout(0.5), tnn.Linear(c[5], num_classes))
 
     class Basic(tnn.Module):
         def __init__(self, cin, c, stride):

@@ -18,8 +18,9 @@ when the validation error stops improving, 90 epochs.
 
 Evaluation: ten-crop (4 corners + centre and their mirror images, softmaxes averaged) top-1 and
 top-5 error at the end; the centre crop after every epoch. A checkpoint is written after every
-epoch (``--resume`` continues from it). The paper's ablations: ``--towers 1`` (one tower with
-half the kernels, the paper's one-GPU net), ``--no-fancy-pca``, ``--no-lrn``, ``--no-overlap``
+epoch (``--resume`` continues from it). The paper's ablations: ``--towers 1`` (the paper's
+one-GPU net, ``models.alexnet_one_gpu``: half the kernels of conv1-conv4, conv5 and the
+fully-connected layers whole), ``--no-fancy-pca``, ``--no-lrn``, ``--no-overlap``
 (3x3/2 pooling -> 2x2/2).
 
 --data DIR: an ImageNet-style folder: DIR/train/<class>/*.JPEG and DIR/val/<class>/*, or list
@@ -80,7 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--val-per-class", type=int, default=None,
                    help="generated validation images per class")
     p.add_argument("--towers", type=int, choices=(1, 2), default=2,
-                   help="2: the paper's two-GPU net; 1: one tower with half the kernels")
+                   help="2: the paper's two-GPU net; 1: its one-GPU net (half the kernels of "
+                        "conv1-conv4, conv5 and the fc layers whole)")
     p.add_argument("--no-fancy-pca", action="store_true", help="ablation: no colour PCA")
     p.add_argument("--no-lrn", action="store_true", help="ablation: no local response norm")
     p.add_argument("--no-overlap", action="store_true",
@@ -103,8 +105,9 @@ def config_from(args):
         if v is not None:
             cfg[k] = v
     cfg["towers"] = args.towers
-    # the paper's one-GPU comparison: one tower with half the kernels of the two-tower net
-    cfg["model_width"] = cfg["width"] * (0.5 if args.towers == 1 else 1.0)
+    # the paper's one-GPU comparison net (footnote 2): halves conv1-conv4 only
+    cfg["arch"] = "alexnet_one_gpu" if args.towers == 1 else "alexnet"
+    cfg["model_width"] = cfg["width"]
     cfg["fancy_pca"] = not args.no_fancy_pca
     cfg["lrn"] = not args.no_lrn
     cfg["overlap_pool"] = not args.no_overlap
@@ -191,10 +194,12 @@ def main(argv=None):
     val_loader = data.DataLoader(val_set, batch_size=cfg["batch_size"] * 2,
                                  num_workers=cfg["workers"], seed=args.seed)
 
-    model = models.alexnet(num_classes=num_classes, towers=cfg["towers"],
-                           width=cfg["model_width"], input_size=cfg["input_size"],
-                           init=cfg["init"], lrn=cfg["lrn"], overlap_pool=cfg["overlap_pool"],
-                           dropout=cfg["dropout"])
+    arch_kw = dict(width=cfg["model_width"], input_size=cfg["input_size"], init=cfg["init"],
+                   lrn=cfg["lrn"], overlap_pool=cfg["overlap_pool"], dropout=cfg["dropout"])
+    if cfg["arch"] == "alexnet_one_gpu":
+        model = models.alexnet_one_gpu(num_classes=num_classes, **arch_kw)
+    else:
+        model = models.alexnet(num_classes=num_classes, towers=cfg["towers"], **arch_kw)
     model.to(device)
     print(f"model: {model.num_parameters():,} parameters, feature map "
           f"{model.feature_size}x{model.feature_size} at fc6")

@@ -91,7 +91,7 @@ def test_alexnet_ablation_flags(tmp_path, data_root):
     r = results(out)
     c = r["config"]
     assert (c["towers"], c["lrn"], c["overlap_pool"], c["fancy_pca"]) == (1, False, False, False)
-    assert c["model_width"] == c["width"] / 2  # the paper's one-GPU net: half the kernels
+    assert c["arch"] == "alexnet_one_gpu"   # the paper's one-GPU net (footnote 2)
     assert r["val_eval"] == "centre crop"
 
 

@@ -137,6 +137,135 @@ def test_alexnet_width_and_towers():
     assert small.num_parameters() == alexnet_table_count(2, 0.25, 10, side=2)
 
 
+def test_alexnet_dropout_follows_fc6_and_fc7_relus():
+    """The paper and Caffe drop the OUTPUTS of fc6 and fc7 (after their ReLUs); nothing is
+    dropped before fc6 or between fc8 and the loss."""
+    m = models.alexnet(width=0.25, input_size=67, num_classes=10)
+    kinds = [type(mod).__name__ for mod in m.classifier]
+    assert kinds == ["Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout",
+                     "Linear"]
+    assert [mod.p for mod in m.classifier if isinstance(mod, nn.Dropout)] == [0.5, 0.5]
+    assert not any(isinstance(mod, nn.Dropout) for mod in m.features)
+
+
+def test_alexnet_dropout_drops_fc7_outputs_in_training_only():
+    """Functional check of the order with p=1: dropping fc6's and fc7's OUTPUTS leaves fc8 only
+    its bias, exactly. (Dropout before fc6 and fc7, torchvision's order, would leave
+    relu(fc7.bias) @ fc8.weight.T + fc8.bias instead.) In eval mode dropout is the identity."""
+    minidl.manual_seed(0)
+    m = models.alexnet(width=0.25, input_size=67, num_classes=10, init="he", dropout=1.0)
+    for lin in m.fcs():
+        nn.init.normal_(lin.bias, 0.0, 1.0)
+    _, fc7, fc8 = m.fcs()
+    x = minidl.Tensor(np.random.default_rng(0).standard_normal((2, 3, 67, 67)).astype("f4"))
+    with minidl.no_grad():
+        out = m.train()(x).numpy()
+        evaluated = m.eval()(x).numpy()
+    np.testing.assert_array_equal(out, np.broadcast_to(fc8.bias.numpy(), out.shape))
+    torchvision_order = (np.maximum(fc7.bias.numpy(), 0) @ fc8.weight.numpy().T
+                         + fc8.bias.numpy())
+    assert not np.allclose(out[0], torchvision_order, atol=1e-3)
+    assert not np.allclose(evaluated, out, atol=1e-3)
+
+
+def alexnet_one_gpu_table_count(width=1.0, num_classes=1000, side=6):
+    # footnote 2: conv1-conv4 at half the kernels (48, 128, 192, 192), conv5 and fcs whole
+    c = [int(round(n * width)) for n in (48, 128, 192, 192, 256, 4096)]
+    return (conv(3, c[0], 11) + conv(c[0], c[1], 5) + conv(c[1], c[2], 3)
+            + conv(c[2], c[3], 3) + conv(c[3], c[4], 3)
+            + fc(c[4] * side * side, c[5]) + fc(c[5], c[5]) + fc(c[5], num_classes))
+
+
+def test_alexnet_one_gpu_matches_footnote_2():
+    assert alexnet_one_gpu_table_count() == 59_798_312
+    m = models.alexnet_one_gpu()
+    assert m.num_parameters() == 59_798_312
+    convs = [mod for mod in m.modules() if isinstance(mod, nn.Conv2d)]
+    assert [tuple(c.weight.shape) for c in convs] == [
+        (48, 3, 11, 11), (128, 48, 5, 5), (192, 128, 3, 3), (192, 192, 3, 3), (256, 192, 3, 3)]
+    assert all(c.groups == 1 for c in convs)
+    assert [tuple(lin.weight.shape) for lin in m.fcs()] == [(4096, 9216), (4096, 4096),
+                                                           (1000, 4096)]
+    small = models.alexnet_one_gpu(num_classes=10, width=0.25, input_size=67)
+    assert small.num_parameters() == alexnet_one_gpu_table_count(0.25, 10, side=1)
+    with pytest.raises(TypeError, match="towers"):
+        models.alexnet_one_gpu(towers=2)
+
+
+def test_alexnet_owt_is_torchvisions_layout():
+    m = models.alexnet_owt()
+    # torchvision AlexNet: 64-192-384-256-256, conv1 pad 2, 9216-4096-4096-1000
+    count = (conv(3, 64, 11) + conv(64, 192, 5) + conv(192, 384, 3) + conv(384, 256, 3)
+             + conv(256, 256, 3) + fc(9216, 4096) + fc(4096, 4096) + fc(4096, 1000))
+    assert count == 61_100_840
+    assert m.num_parameters() == count
+    keys = [k for k in m.state_dict()]
+    assert keys == [f"features.{i}.{w}" for i in (0, 3, 6, 8, 10) for w in ("weight", "bias")] \
+        + [f"classifier.{i}.{w}" for i in (1, 4, 6) for w in ("weight", "bias")]
+    assert m.features[0].padding == (2, 2)
+
+
+def test_resnet_module_names_are_torchvisions():
+    r18 = models.resnet18()
+    keys = list(r18.state_dict())
+    assert keys[:6] == ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean",
+                        "bn1.running_var", "bn1.num_batches_tracked"]
+    assert "layer2.0.downsample.0.weight" in keys and "layer2.0.downsample.1.running_var" in keys
+    assert "layer1.0.downsample.0.weight" not in keys            # identity shortcut: none
+    assert keys[-2:] == ["fc.weight", "fc.bias"]
+    assert len(keys) == 122                                        # torchvision's resnet18
+    r50 = models.resnet50()
+    keys = list(r50.state_dict())
+    assert len(keys) == 320                                        # torchvision's resnet50
+    assert "layer4.2.conv3.weight" in keys and "layer4.2.bn3.num_batches_tracked" in keys
+    assert "layer1.0.downsample.0.weight" in keys                 # 64 -> 256 channels
+
+
+def test_bottleneck_stride_in_1x1_or_3x3():
+    paper = models.resnet50(width=0.125)
+    v15 = models.resnet50(width=0.125, stride_in_1x1=False)
+    b, c = paper.layer2[0], v15.layer2[0]
+    assert (b.conv1.stride, b.conv2.stride) == ((2, 2), (1, 1))
+    assert (c.conv1.stride, c.conv2.stride) == ((1, 1), (2, 2))
+    assert paper.num_parameters() == v15.num_parameters()
+    x = minidl.Tensor(np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype("f4"))
+    v15.load_state_dict(paper.state_dict())
+    paper.eval(), v15.eval()
+    assert paper(x).shape == v15(x).shape == (1, 1000)
+    assert not np.allclose(paper(x).numpy(), v15(x).numpy())
+
+
+def test_weights_argument_on_every_factory(tmp_path):
+    builders = {
+        "alexnet": dict(num_classes=10, width=0.125, input_size=67),
+        "alexnet_one_gpu": dict(num_classes=10, width=0.125, input_size=67),
+        "alexnet_owt": dict(num_classes=10, width=0.0625),
+        "prelu_net14": dict(num_classes=10, width=0.0625, activation="prelu"),
+        "prelu_net30": dict(num_classes=10, width=0.0625),
+        "prelu_net_a": dict(num_classes=10, width=0.0625),
+        "prelu_net_b": dict(num_classes=10, width=0.0625),
+        "prelu_net_c": dict(num_classes=10, width=0.03125),
+        "resnet18": dict(num_classes=10, width=0.125), "resnet34": dict(num_classes=10,
+                                                                       width=0.125),
+        "resnet50": dict(num_classes=10, width=0.125), "resnet101": dict(num_classes=10,
+                                                                         width=0.0625),
+        "resnet152": dict(num_classes=10, width=0.0625), "cifar_resnet": dict(depth=8),
+        "resnet20": {}, "resnet32": {}, "resnet44": {}, "resnet56": {}, "resnet110": {},
+        "resnet1202": {},
+    }
+    for name, kw in builders.items():
+        fn = getattr(models, name)
+        minidl.manual_seed(0)
+        src = fn(**kw)
+        path = tmp_path / f"{name}.safetensors"
+        minidl.save(src.state_dict(), path)
+        minidl.manual_seed(1)
+        dst = fn(weights=path, **kw)
+        for (k, a), (k2, b) in zip(src.state_dict().items(), dst.state_dict().items()):
+            assert k == k2
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=f"{name} {k}")
+
+
 def test_alexnet_ablation_switches():
     base = models.alexnet(width=0.25, input_size=127, num_classes=10)
     no_lrn = models.alexnet(width=0.25, input_size=127, num_classes=10, lrn=False)

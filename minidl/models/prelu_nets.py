@@ -49,6 +49,7 @@ from collections import OrderedDict
 
 import minidl.functional as F
 from minidl import nn
+from minidl.models._weights import load_weights
 from minidl.nn import init as nninit
 
 __all__ = ["PReLUNet", "Conv2x2Same", "prelu_net14", "prelu_net30", "prelu_net_a",
@@ -180,43 +181,54 @@ def _net14_stages(extra=0):
     return [((3, 3), 4, 128, 2), ((2, 2), 6 + extra, 256, 2)]
 
 
-def prelu_net14(activation="relu", init="he", num_classes=1000, width=1.0, **kwargs):
+def prelu_net14(activation="relu", init="he", num_classes=1000, width=1.0, weights=None,
+                **kwargs):
     """The 14-layer model of the PReLU paper's Table 1 (2x2 convs, SPP {6,3,2,1}); see
     :mod:`minidl.models.prelu_nets`. ``activation`` "relu" | "prelu_shared" | "prelu"."""
-    return PReLUNet((64, 7, 2, 0), _net14_stages(), (6, 3, 2, 1), num_classes=num_classes,
-                    activation=activation, init=init, width=width, **kwargs)
+    model = PReLUNet(
+        (64, 7, 2, 0), _net14_stages(), (6, 3, 2, 1), num_classes=num_classes,
+        activation=activation, init=init, width=width, **kwargs)
+    return load_weights(model, weights)
 
 
-def prelu_net30(activation="relu", init="he", num_classes=1000, width=1.0, **kwargs):
+def prelu_net30(activation="relu", init="he", num_classes=1000, width=1.0, weights=None,
+                **kwargs):
     """The 30-layer (27 conv + 3 fc) extension of the 14-layer model used in the paper's
     Figure 3 (He vs Xavier init): 16 more 2x2 conv layers of 256 filters in the last stage."""
-    return PReLUNet((64, 7, 2, 0), _net14_stages(extra=16), (6, 3, 2, 1),
-                    num_classes=num_classes, activation=activation, init=init, width=width,
-                    **kwargs)
+    model = PReLUNet(
+        (64, 7, 2, 0), _net14_stages(extra=16), (6, 3, 2, 1), num_classes=num_classes,
+        activation=activation, init=init, width=width, **kwargs)
+    return load_weights(model, weights)
 
 
 def _table3(n, chans):
     return [((2, 2), n, chans[0], 3), ((2, 2), n, chans[1], 3), ((2, 2), n, chans[2], 3)]
 
 
-def prelu_net_a(activation="relu", init="he", num_classes=1000, width=1.0, **kwargs):
+def prelu_net_a(activation="relu", init="he", num_classes=1000, width=1.0, weights=None,
+                **kwargs):
     """Model A of the PReLU paper's Table 3 (19 layers: 5 conv3x3 per stage, 256/512/512,
     SPP {7,3,2,1})."""
-    return PReLUNet((96, 7, 2, 3), _table3(5, (256, 512, 512)), (7, 3, 2, 1),
-                    num_classes=num_classes, activation=activation, init=init, width=width,
-                    **kwargs)
+    model = PReLUNet(
+        (96, 7, 2, 3), _table3(5, (256, 512, 512)), (7, 3, 2, 1), num_classes=num_classes,
+        activation=activation, init=init, width=width, **kwargs)
+    return load_weights(model, weights)
 
 
-def prelu_net_b(activation="relu", init="he", num_classes=1000, width=1.0, **kwargs):
+def prelu_net_b(activation="relu", init="he", num_classes=1000, width=1.0, weights=None,
+                **kwargs):
     """Model B of Table 3 (22 layers: A with 6 conv3x3 per stage); the init study's Figure 2
     net."""
-    return PReLUNet((96, 7, 2, 3), _table3(6, (256, 512, 512)), (7, 3, 2, 1),
-                    num_classes=num_classes, activation=activation, init=init, width=width,
-                    **kwargs)
+    model = PReLUNet(
+        (96, 7, 2, 3), _table3(6, (256, 512, 512)), (7, 3, 2, 1), num_classes=num_classes,
+        activation=activation, init=init, width=width, **kwargs)
+    return load_weights(model, weights)
 
 
-def prelu_net_c(activation="relu", init="he", num_classes=1000, width=1.0, **kwargs):
+def prelu_net_c(activation="relu", init="he", num_classes=1000, width=1.0, weights=None,
+                **kwargs):
     """Model C of Table 3 (22 layers: B with 384/768/896 filters)."""
-    return PReLUNet((96, 7, 2, 3), _table3(6, (384, 768, 896)), (7, 3, 2, 1),
-                    num_classes=num_classes, activation=activation, init=init, width=width,
-                    **kwargs)
+    model = PReLUNet(
+        (96, 7, 2, 3), _table3(6, (384, 768, 896)), (7, 3, 2, 1), num_classes=num_classes,
+        activation=activation, init=init, width=width, **kwargs)
+    return load_weights(model, weights)

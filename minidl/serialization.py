@@ -120,9 +120,10 @@ def _check_leaf(v, where, path):
         return
     if isinstance(v, np.generic) and v.dtype.kind in "biuf":
         return
+    hint = (" -- save its state_dict() instead" if hasattr(v, "state_dict") else "")
     raise TypeError(f"minidl.save({where}): cannot save {path or 'the object'} of type "
                     f"{type(v).__name__} (expected Tensors, arrays, numbers, strings, None, and "
-                    f"dicts/lists/tuples of them)")
+                    f"dicts/lists/tuples of them){hint}")
 
 
 def _plain_number(v):

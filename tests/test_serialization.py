@@ -118,6 +118,8 @@ def test_save_and_load_errors_name_the_file_and_the_problem(tmp_path):
         minidl.save({"a": np.ones(1)}, tmp_path / "w.txt")
     with pytest.raises(TypeError, match="object comes first"):
         minidl.save(tmp_path / "w.pth", {"a": np.ones(1)})
+    with pytest.raises(TypeError, match="Linear.*state_dict"):
+        minidl.save(nn.Linear(2, 2), tmp_path / "w.pth")
     with pytest.raises(TypeError, match="history.1.*set"):
         minidl.save({"history": [1, {2}]}, tmp_path / "w.pth")
     with pytest.raises(TypeError, match=r"dict key \(1, 2\)"):

@@ -342,7 +342,9 @@ def test_load_state_dict_takes_tensors_arrays_and_numpy_scalars():
           "1.weight": [1.0, 2.0], "1.bias": np.zeros(2), "1.running_mean": np.zeros(2),
           "1.running_var": np.ones(2), "1.num_batches_tracked": np.int64(4)}
     sd["1.weight"] = np.array(sd["1.weight"])
+    v = dst[0].weight._version
     res = dst.load_state_dict(sd)
+    assert dst[0].weight._version == v + 1       # an in-place write as far as autograd cares
     assert res.missing_keys == [] and res.unexpected_keys == []
     assert dst[0].weight.dtype == np.float32                  # cast to the parameter's dtype
     np.testing.assert_array_equal(dst[0].weight.numpy(), 2.0)

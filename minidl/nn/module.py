@@ -355,8 +355,7 @@ class Module:
                              + "; ".join(wrong_shapes))
         for k, arr in arrays.items():
             t = own[k]
-            t.data = backend.to_device(arr, t.device).astype(t.dtype, copy=True)
-            t._version += 1
+            t.data = backend.to_device(arr, t.device).astype(t.dtype, copy=True)  # bumps _version
         return IncompatibleKeys(missing, unexpected)
 
     # -- display -----------------------------------------------------------------------------

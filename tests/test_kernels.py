@@ -861,3 +861,29 @@ def test_pool_edge_sizes(run, rng, shape, k, s, p, ceil):
         ty.backward(minidl.Tensor(gy))
         close(run.host(y), ty.data, what=f"avg y cip={cip}")
         close(run.host(gx), t.grad.data, what=f"avg gx cip={cip}")
+
+
+def test_gpu_kernel_argument_checks(monkeypatch):
+    """GpuKernel's launch-time checks (fast path and the detailed errors), with NumPy arrays
+    standing in for CuPy's (no GPU needed): the raw kernel is reached only with exact types."""
+    import types
+
+    from minidl.cuda import module as M
+    from minidl.cuda import source
+    monkeypatch.setattr(M, "_cupy", lambda: types.SimpleNamespace(ndarray=np.ndarray))
+    sig = source.parse_kernels('extern "C" __global__ void k(const float* x, float* y, int n, '
+                               'float a) {}')["k"]
+    calls = []
+    k = M.GpuKernel(lambda grid, block, args, **kw: calls.append((grid, block, args, kw)), sig)
+    x, y = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    k((1,), (32,), (x, y, np.int32(4), np.float32(2)))
+    assert len(calls) == 1 and calls[0][0] == (1,) and calls[0][3] == {"shared_mem": 0}
+    bad = [((x.astype(np.float64), y, np.int32(4), np.float32(2)), "argument 0 'x'.*float32"),
+           ((x, y[::2], np.int32(2), np.float32(2)), "argument 1 'y'.*not C-contiguous"),
+           ((x, y, 4, np.float32(2)), "argument 2 'n'.*np.int32"),
+           ((x, y, np.int64(4), np.float32(2)), "argument 2 'n'.*np.int32"),
+           ((x, y, np.int32(4)), "expected 4 arguments")]
+    for args, msg in bad:
+        with pytest.raises(TypeError, match=msg):
+            k((1,), (32,), args)
+    assert len(calls) == 1

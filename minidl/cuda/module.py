@@ -40,6 +40,8 @@ class GpuKernel:
         self.raw = raw
         self.sig = sig
         self.name = sig.name
+        # per parameter: (is pointer, dtype), resolved once (a launch checks every argument)
+        self._want = tuple((p.pointer, np.dtype(p.dtype)) for p in sig.params)
 
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
         cp = _cupy()
@@ -47,6 +49,16 @@ class GpuKernel:
         if len(args) != len(ps):
             raise TypeError(f"{self.name}: expected {len(ps)} arguments "
                             f"({', '.join(p.name for p in ps)}), got {len(args)}")
+        nd = cp.ndarray
+        for (pointer, want), a in zip(self._want, args):  # the fast check; details below
+            if pointer:
+                if type(a) is not nd or a.dtype != want or not a.flags.c_contiguous:
+                    break
+            elif type(a) is not want.type:
+                break
+        else:
+            self._launch(grid, block, args, shared_mem, stream)
+            return
         for i, (p, a) in enumerate(zip(ps, args)):
             where = f"{self.name}: argument {i} '{p.name}' ({p.ctype})"
             want = np.dtype(p.dtype)
@@ -59,6 +71,9 @@ class GpuKernel:
             elif not isinstance(a, np.generic) or a.dtype != want:
                 raise TypeError(f"{where} expects an exact numpy scalar np.{want.name}(...), "
                                 f"got {type(a).__name__} {a!r}")
+        self._launch(grid, block, args, shared_mem, stream)  # a subclass of ndarray, say
+
+    def _launch(self, grid, block, args, shared_mem, stream):
         kw = {"shared_mem": int(shared_mem)}
         if stream is not None:
             kw["stream"] = stream

@@ -286,7 +286,8 @@ def tail(name):
 lines = [f"gpu_check: {'FAILED' if failed else 'OK'} in {total}s"]
 for s in steps:
     st = "skip" if s["rc"] is None else ("TIMEOUT" if s["timed_out"] else ("ok" if s["rc"] == 0 else f"rc={s['rc']}"))
-    detail = s["note"] if st in ("ok", "skip") else " | ".join(x for x in (s["note"], tail(s["step"])) if x)
+    show_tail = st not in ("ok", "skip") or s["step"] in ("pytest", "memcheck", "racecheck", "synccheck")
+    detail = " | ".join(x for x in (s["note"], tail(s["step"]) if show_tail else "") if x)
     lines.append(f"  {s['step']:<26} {st:<8} {s['seconds']:>6.1f}s  {detail}")
 for name in ("env.json", "kernels.json"):
     p = os.path.join(out, name)

@@ -11,7 +11,8 @@ norm            ``local_response_norm`` (AlexNet's alpha: NOT divided by size), 
 activation      ``relu``, ``tanh``, ``sigmoid`` (engine ops), ``leaky_relu``, ``prelu``
 dropout         ``dropout``
 linear          ``linear``
-loss            ``softmax``, ``log_softmax``, ``cross_entropy``, ``nll_loss``
+loss            ``softmax``, ``log_softmax``, ``cross_entropy``, ``nll_loss``, ``mse_loss``,
+                ``l1_loss``, ``smooth_l1_loss``, ``binary_cross_entropy(_with_logits)``
 padding         ``pad`` (torch's flat tuple, last dimension first)
 ==============  =============================================================================
 
@@ -31,7 +32,9 @@ from minidl.functional.activation import leaky_relu, prelu, relu, sigmoid, tanh
 from minidl.functional.conv import col2im, conv2d, im2col
 from minidl.functional.dropout import dropout
 from minidl.functional.linear import linear
-from minidl.functional.loss import cross_entropy, log_softmax, nll_loss, softmax
+from minidl.functional.loss import (binary_cross_entropy, binary_cross_entropy_with_logits,
+                                   cross_entropy, l1_loss, log_softmax, mse_loss, nll_loss,
+                                   smooth_l1_loss, softmax)
 from minidl.functional.norm import batch_norm, local_response_norm
 from minidl.functional.padding import pad
 from minidl.functional.pooling import (adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d,
@@ -43,7 +46,8 @@ __all__ = [
     "local_response_norm", "batch_norm",
     "relu", "tanh", "sigmoid", "leaky_relu", "prelu",
     "dropout", "linear",
-    "softmax", "log_softmax", "cross_entropy", "nll_loss",
+    "softmax", "log_softmax", "cross_entropy", "nll_loss", "mse_loss", "l1_loss",
+    "smooth_l1_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
     "pad",
 ]
 # The generic ops are attributes (F.sum, F.max...) but not in __all__: a star import must not

@@ -1,4 +1,7 @@
-"""Softmax, log-softmax and the classification losses (AlexNet's 1000-way softmax).
+"""Softmax, log-softmax and the losses of ``torch.nn.functional``, with its names, arguments
+and formulas: ``cross_entropy`` (``weight``, ``ignore_index``, ``label_smoothing``),
+``nll_loss``, ``mse_loss``, ``l1_loss``, ``smooth_l1_loss``, ``binary_cross_entropy`` and
+``binary_cross_entropy_with_logits``; ``reduction`` is "mean" (default), "sum" or "none".
 
 Numerically stable for any logits (even ~1e4) by subtracting the maximum first:
 
@@ -13,12 +16,37 @@ Backward, with y = softmax(x) and g the incoming gradient:
 ``cross_entropy(logits, target) = nll_loss(log_softmax(logits, 1), target)``:
 ``loss_n = -w[t_n] * log_softmax(x_n)[t_n]``, averaged over the non-ignored targets (weighted
 mean when ``weight`` is given), as PyTorch. Logits (N, C) or (N, C, d1, ...), targets int class
-indices of shape (N,) or (N, d1, ...).
+indices of shape (N,) or (N, d1, ...). With ``label_smoothing = e`` (torch's definition) the
+target distribution is ``(1 - e) * onehot + e / C``:
+``loss_n = (1 - e) * nll_n + (e / C) * sum_c -w[c] * log_softmax(x_n)[c]``, both parts divided
+by the same denominator for "mean".
+
+The pointwise losses take ``input`` and ``target`` of the same shape (a shape mismatch is an
+error here, where torch broadcasts with a warning) and are differentiable in both; with
+d = input - target:
+
+==========================  ====================================  ============================
+loss                        elementwise value                     d/d input
+==========================  ====================================  ============================
+``mse_loss``                d^2                                   2 d
+``l1_loss``                 |d|                                   sign(d)
+``smooth_l1_loss`` (beta)   0.5 d^2 / beta if |d| < beta,         d / beta, or sign(d)
+                            else |d| - 0.5 beta
+``binary_cross_entropy``    -w (y log x + (1-y) log(1-x)),        w (x - y) / max(x (1-x), 1e-12)
+                            each log clamped at -100 (torch)
+``..._with_logits``         w ((1-y) x + l softplus(-x)),         w ((1-y) - l sigmoid(-x))
+                            l = 1 + (pos_weight - 1) y
+==========================  ====================================  ============================
 """
+import numbers
+
 import numpy as np
 
+from minidl import ops
 from minidl.functional._utils import xp_of
 from minidl.tensor import Function, Tensor
+
+REDUCTIONS = ("mean", "sum", "none")
 
 
 class LogSoftmax(Function):
@@ -64,7 +92,7 @@ def log_softmax(x, dim=1):
     return LogSoftmax.apply(x, dim=_dim(x, dim, "log_softmax"))
 
 
-class NLLLoss(Function):
+class NLLLossFunction(Function):
     """Picks -w[t] * logp[t] per sample; the backward scatters -w[t]/denominator back."""
 
     def forward(self, logp, target, weight, ignore_index, reduction):
@@ -110,6 +138,9 @@ def _check_target(name, logits, target):
                          f"{logits.shape}")
     expect = (logits.shape[0],) + tuple(logits.shape[2:])
     t = target.data if isinstance(target, Tensor) else target
+    if not hasattr(t, "shape") or not hasattr(t, "dtype"):
+        raise TypeError(f"{name}: target must be a Tensor (or array) of integer class indices, "
+                        f"got {type(target).__name__}; wrap it: minidl.Tensor(target)")
     if tuple(t.shape) != expect:
         raise ValueError(f"{name}: target has shape {tuple(t.shape)}, expected {expect} for "
                          f"input of shape {logits.shape} (class indices, the class axis removed)")
@@ -123,8 +154,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     """Negative log-likelihood of log-probabilities ``input`` (N, C, ...) at the integer
     ``target`` classes (N, ...): ``-weight[t] * input[n, t]``, reduced by "mean" (weighted mean
     over non-ignored targets), "sum" or "none"."""
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"{reduction!r} is not a valid reduction: 'mean', 'sum' or 'none'")
+    _check_reduction("nll_loss", reduction)
     t = _check_target("nll_loss", input, target)
     xp = xp_of(input.data)
     c = input.shape[1]
@@ -139,14 +169,250 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
         w = weight.data if isinstance(weight, Tensor) else xp.asarray(weight)
         if tuple(w.shape) != (c,):
             raise ValueError(f"nll_loss: weight has shape {tuple(w.shape)}, expected ({c},)")
-    return NLLLoss.apply(input, target=t.astype(np.int64, copy=False), weight=w,
+    return NLLLossFunction.apply(input, target=t.astype(np.int64, copy=False), weight=w,
                          ignore_index=int(ignore_index), reduction=reduction)
 
 
-def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean"):
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0):
     """Softmax cross-entropy of ``input`` logits (N, C) or (N, C, d1, ...) against integer
-    class indices ``target`` (N,) or (N, d1, ...): ``nll_loss(log_softmax(input, 1), target)``.
-    Stable for logits of any magnitude."""
+    class indices ``target`` (N,) or (N, d1, ...): ``nll_loss(log_softmax(input, 1), target)``,
+    with torch's ``weight`` (per class), ``ignore_index``, ``reduction`` and
+    ``label_smoothing`` in [0, 1] (formula in the module docstring). Stable for logits of any
+    magnitude."""
     _check_target("cross_entropy", input, target)
-    return nll_loss(log_softmax(input, 1), target, weight=weight, ignore_index=ignore_index,
-                    reduction=reduction)
+    e = _check_smoothing(label_smoothing)
+    logp = log_softmax(input, 1)
+    nll = nll_loss(logp, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
+    if e == 0.0:
+        return nll
+    xp = xp_of(logp.data)
+    c = input.shape[1]
+    t = xp.asarray(target.data if isinstance(target, Tensor) else target)
+    keep = (t != ignore_index).astype(logp.dtype)
+    if weight is not None:
+        w = xp.asarray(weight.data if isinstance(weight, Tensor) else weight).astype(logp.dtype)
+        wshape = (1, c) + (1,) * (input.ndim - 2)
+        smooth = -ops.sum(logp * Tensor(w.reshape(wshape)), 1)
+        denom = (w[xp.where(t != ignore_index, t, 0)] * keep).sum()
+    else:
+        smooth = -ops.sum(logp, 1)
+        denom = keep.sum()
+    smooth = smooth * Tensor(keep)
+    if reduction == "mean":
+        smooth = ops.sum(smooth) / Tensor(xp.asarray(denom, dtype=logp.dtype))
+    elif reduction == "sum":
+        smooth = ops.sum(smooth)
+    return nll * (1.0 - e) + smooth * (e / c)
+
+
+def _check_smoothing(e):
+    if isinstance(e, bool) or not isinstance(e, numbers.Real) or not 0.0 <= float(e) <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be a number in [0, 1], got {e!r}")
+    return float(e)
+
+
+def _check_reduction(name, reduction):
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{name}: {reduction!r} is not a valid reduction: 'mean', 'sum' or "
+                         "'none'")
+
+
+def _reduce(loss, reduction):
+    if reduction == "mean":
+        return ops.mean(loss)
+    if reduction == "sum":
+        return ops.sum(loss)
+    return loss
+
+
+def _pair_args(name, input, target):
+    """Check ``input``/``target`` of a pointwise loss: Tensors (an array target is wrapped),
+    same shape, same device, floating input."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name}: input must be a minidl Tensor, got {type(input).__name__}")
+    if not isinstance(target, Tensor):
+        if not hasattr(target, "shape"):
+            raise TypeError(f"{name}: target must be a Tensor (or array) of the input's shape "
+                            f"{input.shape}, got {type(target).__name__}")
+        target = Tensor(target, device=input.device)
+    if input.shape != target.shape:
+        raise ValueError(f"{name}: target has shape {target.shape}, input {input.shape}; they "
+                         "must be equal (torch would broadcast them with a warning)")
+    if input.dtype.kind != "f":
+        raise TypeError(f"{name}: input must be floating point, got {input.dtype} (shape "
+                        f"{input.shape})")
+    if target.dtype != input.dtype:
+        target = target.to(dtype=input.dtype)
+    return input, target
+
+
+def _weight_array(name, w, input, argname="weight"):
+    """``w`` (Tensor, array or None) as an array of the input's dtype that broadcasts to it."""
+    if w is None:
+        return None
+    xp = xp_of(input.data)
+    arr = w.data if isinstance(w, Tensor) else xp.asarray(w)
+    try:
+        np.broadcast_shapes(tuple(arr.shape), input.shape)
+    except ValueError:
+        raise ValueError(f"{name}: {argname} of shape {tuple(arr.shape)} does not broadcast to "
+                         f"the input's shape {input.shape}") from None
+    return xp.asarray(arr).astype(input.dtype)
+
+
+class MSELossFunction(Function):
+    """(x - y)^2, elementwise."""
+
+    def forward(self, x, y):
+        d = x - y
+        self.save_for_backward(d)
+        return d * d
+
+    def backward(self, g):
+        (d,) = self.saved_arrays
+        gx = 2 * d * g
+        return gx, -gx
+
+
+class L1LossFunction(Function):
+    """|x - y|, elementwise (the gradient at 0 is 0, as torch's sign)."""
+
+    def forward(self, x, y):
+        d = x - y
+        self.save_for_backward(d)
+        return xp_of(d).abs(d)
+
+    def backward(self, g):
+        (d,) = self.saved_arrays
+        gx = xp_of(d).sign(d) * g
+        return gx, -gx
+
+
+class SmoothL1LossFunction(Function):
+    """0.5 d^2 / beta where |d| < beta, |d| - 0.5 beta elsewhere (beta = 0: |d|)."""
+
+    def forward(self, x, y, beta):
+        xp = xp_of(x)
+        d = x - y
+        self.beta = beta
+        self.save_for_backward(d)
+        ad = xp.abs(d)
+        if beta == 0:
+            return ad
+        return xp.where(ad < beta, 0.5 * d * d / beta, ad - 0.5 * beta)
+
+    def backward(self, g):
+        (d,) = self.saved_arrays
+        xp = xp_of(d)
+        if self.beta == 0:
+            gx = xp.sign(d) * g
+        else:
+            gx = xp.where(xp.abs(d) < self.beta, d / self.beta, xp.sign(d)) * g
+        return gx, -gx
+
+
+class BCELossFunction(Function):
+    """-w (y log x + (1 - y) log(1 - x)), each log clamped at -100 as torch does."""
+
+    def forward(self, x, y, weight):
+        xp = xp_of(x)
+        self.save_for_backward(x, y)
+        self.weight = weight
+        with np.errstate(divide="ignore"):
+            lx = xp.maximum(xp.log(x), -100.0)
+            l1x = xp.maximum(xp.log1p(-x), -100.0)
+        loss = -(y * lx + (1 - y) * l1x)
+        return loss if weight is None else loss * weight
+
+    def backward(self, g):
+        x, y = self.saved_arrays
+        xp = xp_of(x)
+        w = g if self.weight is None else g * self.weight
+        gx = w * (x - y) / xp.maximum((1 - x) * x, 1e-12)
+        gy = None
+        if self.needs_input_grad[1]:
+            with np.errstate(divide="ignore"):
+                gy = w * (xp.log1p(-x) - xp.log(x))  # -logit(x), as torch
+        return gx, gy
+
+
+class BCEWithLogitsLossFunction(Function):
+    """w ((1 - y) x + l * softplus(-x)), l = 1 + (pos_weight - 1) y; softplus(-x) computed as
+    log1p(exp(-|x|)) + max(-x, 0), stable for any x."""
+
+    def forward(self, x, y, weight, pos_weight):
+        xp = xp_of(x)
+        self.save_for_backward(x, y)
+        self.weight, self.pos_weight = weight, pos_weight
+        sp = xp.log1p(xp.exp(-xp.abs(x))) + xp.maximum(-x, 0)
+        lw = 1 if pos_weight is None else 1 + (pos_weight - 1) * y
+        loss = (1 - y) * x + lw * sp
+        return loss if weight is None else loss * weight
+
+    def backward(self, g):
+        x, y = self.saved_arrays
+        xp = xp_of(x)
+        w = g if self.weight is None else g * self.weight
+        sig_neg = 0.5 * (1 - xp.tanh(0.5 * x))  # sigmoid(-x), stable
+        if self.pos_weight is None:
+            gx = w * ((1 - y) - sig_neg)
+        else:
+            gx = w * ((1 - y) - (1 + (self.pos_weight - 1) * y) * sig_neg)
+        gy = None
+        if self.needs_input_grad[1]:
+            sp = xp.log1p(xp.exp(-xp.abs(x))) + xp.maximum(-x, 0)
+            gy = w * (-x if self.pos_weight is None else -x + (self.pos_weight - 1) * sp)
+        return gx, gy
+
+
+def mse_loss(input, target, reduction="mean"):
+    """Mean squared error ``(input - target)^2``, reduced ("mean", "sum" or "none"); input and
+    target of the same shape, both differentiable."""
+    _check_reduction("mse_loss", reduction)
+    x, y = _pair_args("mse_loss", input, target)
+    return _reduce(MSELossFunction.apply(x, y), reduction)
+
+
+def l1_loss(input, target, reduction="mean"):
+    """Mean absolute error ``|input - target|``, reduced ("mean", "sum" or "none")."""
+    _check_reduction("l1_loss", reduction)
+    x, y = _pair_args("l1_loss", input, target)
+    return _reduce(L1LossFunction.apply(x, y), reduction)
+
+
+def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
+    """Huber-like loss of Fast R-CNN: quadratic ``0.5 d^2 / beta`` for ``|d| < beta``, linear
+    ``|d| - 0.5 beta`` beyond (``beta = 0`` is the L1 loss); torch's arguments."""
+    _check_reduction("smooth_l1_loss", reduction)
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not float(beta) >= 0:
+        raise ValueError(f"smooth_l1_loss: beta must be a number >= 0, got {beta!r}")
+    x, y = _pair_args("smooth_l1_loss", input, target)
+    return _reduce(SmoothL1LossFunction.apply(x, y, beta=float(beta)), reduction)
+
+
+def binary_cross_entropy(input, target, weight=None, reduction="mean"):
+    """Binary cross-entropy of probabilities ``input`` in [0, 1] against ``target`` (same
+    shape; 0/1 labels or probabilities): ``-w (y log x + (1-y) log(1-x))``, each log clamped at
+    -100 as torch does; ``weight`` broadcasts to the input. Inputs outside [0, 1] raise."""
+    _check_reduction("binary_cross_entropy", reduction)
+    x, y = _pair_args("binary_cross_entropy", input, target)
+    xp = xp_of(x.data)
+    if bool(((x.data < 0) | (x.data > 1) | xp.isnan(x.data)).any()):
+        raise ValueError("binary_cross_entropy: all elements of input must be in [0, 1] "
+                         "(probabilities; for logits use binary_cross_entropy_with_logits), "
+                         f"input shape {x.shape}")
+    w = _weight_array("binary_cross_entropy", weight, x)
+    return _reduce(BCELossFunction.apply(x, y, weight=w), reduction)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean",
+                                     pos_weight=None):
+    """``binary_cross_entropy(sigmoid(input), target)`` computed stably from the logits
+    (no clamping needed). ``weight`` broadcasts to the input; ``pos_weight`` multiplies the
+    positive term (broadcast along the last axis, e.g. one value per class), as torch."""
+    _check_reduction("binary_cross_entropy_with_logits", reduction)
+    x, y = _pair_args("binary_cross_entropy_with_logits", input, target)
+    w = _weight_array("binary_cross_entropy_with_logits", weight, x)
+    pw = _weight_array("binary_cross_entropy_with_logits", pos_weight, x, "pos_weight")
+    return _reduce(BCEWithLogitsLossFunction.apply(x, y, weight=w, pos_weight=pw), reduction)

@@ -56,7 +56,7 @@ def main(argv=None):
             n, checksum = 0, 0.0
             for x, y in loader:
                 n += len(y)
-                checksum += float(x[:, :, ::17, ::17].sum()) + float(y.sum())
+                checksum += float(x.data[:, :, ::17, ::17].sum()) + float(y.data.sum())
             times.append(time.perf_counter() - t)
             cpus.append(time.process_time() - c)
             first = checksum if first is None else first

@@ -189,10 +189,11 @@ def main(argv=None):
 
     train_set.transform = train_tf
     loader = data.DataLoader(train_set, batch_size=cfg["batch_size"], shuffle=True,
-                             num_workers=cfg["workers"], drop_last=True, seed=args.seed)
+                             num_workers=cfg["workers"], drop_last=True, seed=args.seed,
+                             device=device)
     val_set.transform = centre_tf
     val_loader = data.DataLoader(val_set, batch_size=cfg["batch_size"] * 2,
-                                 num_workers=cfg["workers"], seed=args.seed)
+                                 num_workers=cfg["workers"], seed=args.seed, device=device)
 
     arch_kw = dict(width=cfg["model_width"], input_size=cfg["input_size"], init=cfg["init"],
                    lrn=cfg["lrn"], overlap_pool=cfg["overlap_pool"], dropout=cfg["dropout"])
@@ -262,7 +263,8 @@ def main(argv=None):
         else:
             val_set.transform = ten_tf
             ten_loader = data.DataLoader(val_set, batch_size=max(1, cfg["batch_size"] // 4),
-                                         num_workers=cfg["workers"], seed=args.seed)
+                                         num_workers=cfg["workers"], seed=args.seed,
+                                         device=device)
             final = evaluate(model, ten_loader, device, ten_crop=True)
     total = time.perf_counter() - t_start
     records = log.records()

@@ -100,9 +100,9 @@ def main(argv=None):
         None if args.paper else f"channel widths x{width:g} (depths as in the paper), "
                                 f"{size}x{size} inputs, {iters} iterations per run, dropout "
                                 f"{dropout:g} (paper 0.5)")
-    probe_loader = data.DataLoader(tr, batch_size=bs, shuffle=True, seed=args.seed + 1)
+    probe_loader = data.DataLoader(tr, batch_size=bs, shuffle=True, seed=args.seed + 1,
+                                   device=device)
     xp, yp = next(iter(probe_loader))
-    xp, yp = minidl.Tensor(xp, device=device), minidl.Tensor(yp, device=device)
 
     results = {"experiment": "init_study", "paper_claim": PAPER_CLAIM, "data": desc,
                "width": width, "input_size": size, "iterations": iters, "dropout": dropout,
@@ -120,17 +120,17 @@ def main(argv=None):
             std_series[label] = (range(1, len(stds) + 1), stds)
             opt = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
             loader = data.DataLoader(tr, batch_size=bs, shuffle=True, drop_last=True,
-                                     seed=args.seed)
+                                     seed=args.seed, device=device)
             errs, t0 = [], time.perf_counter()
             model.train()
             while len(errs) < iters:
                 for x, y in loader:
-                    out = model(minidl.Tensor(x, device=device))
-                    loss = F.cross_entropy(out, minidl.Tensor(y, device=device))
+                    out = model(x)
+                    loss = F.cross_entropy(out, y)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    errs.append(float((minidl.backend.to_numpy(out.data).argmax(1) != y).mean()))
+                    errs.append(float((out.numpy().argmax(1) != y.numpy()).mean()))
                     if len(errs) >= iters:
                         break
             secs = time.perf_counter() - t0

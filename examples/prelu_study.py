@@ -106,8 +106,9 @@ def main(argv=None):
         "lr": args.lr, "dropout": dropout, "device": device},
         None if args.paper else f"channel widths x{width:g}, {size}x{size} inputs, {epochs} "
                                 f"epochs on the generated set, dropout {dropout:g} (paper 0.5)")
-    loader = data.DataLoader(tr, batch_size=bs, shuffle=True, drop_last=True, seed=args.seed)
-    val_loader = data.DataLoader(va, batch_size=2 * bs)
+    loader = data.DataLoader(tr, batch_size=bs, shuffle=True, drop_last=True, seed=args.seed,
+                             device=device)
+    val_loader = data.DataLoader(va, batch_size=2 * bs, device=device)
     runs = {}
     for act in ACTS:
         minidl.manual_seed(args.seed)

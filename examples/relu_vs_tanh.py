@@ -107,20 +107,19 @@ def train(activation, lr, args, tr, va, device, iters):
     model = FourLayerCNN(activation).to(device)
     opt = optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     loader = data.DataLoader(tr, batch_size=min(args.batch_size, len(tr)), shuffle=True,
-                             drop_last=True, seed=args.seed)
+                             drop_last=True, seed=args.seed, device=device)
     errs, losses = [], []
     t0 = time.perf_counter()
     model.train()
     while len(errs) < iters:
         for x, y in loader:
-            out = model(minidl.Tensor(x, device=device))
-            yt = minidl.Tensor(y, device=device)
-            loss = F.cross_entropy(out, yt)
+            out = model(x)
+            loss = F.cross_entropy(out, y)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            pred = np.asarray(minidl.backend.to_numpy(out.data)).argmax(1)
-            errs.append(float((pred != y).mean()))
+            pred = out.numpy().argmax(1)
+            errs.append(float((pred != y.numpy()).mean()))
             losses.append(float(loss.item()))
             if not np.isfinite(losses[-1]) or len(errs) >= iters:
                 break

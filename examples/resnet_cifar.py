@@ -133,21 +133,22 @@ def train_net(depth, plain, args, tr, va, device, iters, bs):
         sched = optim.lr_scheduler.Warmup(opt, factor=0.1,
                                           until=lambda err: err is not None and err < 0.8,
                                           after=main_sched)
-    loader = data.DataLoader(tr, batch_size=bs, shuffle=True, drop_last=True, seed=args.seed)
+    loader = data.DataLoader(tr, batch_size=bs, shuffle=True, drop_last=True, seed=args.seed,
+                             device=device)
     errs, lrs, t0 = [], [], time.perf_counter()
     model.train()
     while len(errs) < iters:
         for x, y in loader:
             lrs.append(opt.param_groups[0]["lr"])
-            out = model(minidl.Tensor(x, device=device))
-            loss = F.cross_entropy(out, minidl.Tensor(y, device=device))
+            out = model(x)
+            loss = F.cross_entropy(out, y)
             if not np.isfinite(loss.item()):
                 raise FloatingPointError(f"depth {depth} plain={plain}: loss {loss.item()} at "
                                          f"iteration {len(errs) + 1}")
             opt.zero_grad()
             loss.backward()
             opt.step()
-            err = float((minidl.backend.to_numpy(out.data).argmax(1) != y).mean())
+            err = float((out.numpy().argmax(1) != y.numpy()).mean())
             errs.append(err)
             sched.step(err) if getattr(sched, "wants_metric", False) else sched.step()
             if len(errs) >= iters:
@@ -155,8 +156,8 @@ def train_net(depth, plain, args, tr, va, device, iters, bs):
     secs = time.perf_counter() - t0
     val_loader = data.DataLoader(va, batch_size=256)
     v = evaluate(model, val_loader, device)
-    xv, _ = next(iter(data.DataLoader(va, batch_size=min(128, len(va)))))
-    stds = response_stds(model, minidl.Tensor(xv, device=device))
+    xv, _ = next(iter(data.DataLoader(va, batch_size=min(128, len(va)), device=device)))
+    stds = response_stds(model, xv)
     warm = getattr(sched, "finished_at", None) if warmup else None
     return {"train_errors": errs, "lrs": lrs, "seconds": secs, "val_top1_error": v["top1"],
             "val_top5_error": v["top5"], "response_std": stds, "warmup_finished_at": warm,

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+import minidl
 from minidl.data import (CorruptImageWarning, CorruptSample, DataLoader, Dataset, ImageFolder,
                          sample_rng)
 from minidl.data import transforms as T
@@ -41,7 +42,12 @@ class Augmented(Dataset):
 
 
 def batches(loader):
-    return [(x.copy(), y.copy()) for x, y in loader]
+    """One epoch as NumPy (images, labels) pairs, checking they came as minidl Tensors."""
+    out = []
+    for x, y in loader:
+        assert isinstance(x, minidl.Tensor) and isinstance(y, minidl.Tensor)
+        out.append((x.numpy(), y.numpy()))
+    return out
 
 
 def assert_same(a, b):
@@ -74,7 +80,7 @@ def test_each_sample_gets_the_generator_of_seed_epoch_index():
     ds = Augmented()
     loader = DataLoader(ds, batch_size=4, shuffle=True, seed=11)
     for epoch in range(2):
-        for x, y in loader:
+        for x, y in batches(loader):
             for xi, i in zip(x, y):
                 expect = ds.transform(ds.base[i], rng=sample_rng(11, epoch, int(i)))
                 np.testing.assert_array_equal(xi, expect)
@@ -110,7 +116,7 @@ def test_state_dict_resume_mid_epoch():
     cut = DataLoader(Augmented(), batch_size=4, shuffle=True, seed=9)
     head = []
     for k, (x, y) in enumerate(cut):
-        head.append((x.copy(), y.copy()))
+        head.append((x.numpy(), y.numpy()))
         if k == 2:
             break
     state = json.loads(json.dumps(cut.state_dict()))  # JSON-able
@@ -123,7 +129,7 @@ def test_state_dict_resume_mid_epoch():
     assert resumed.epoch == 2
 
 
-def test_breaking_then_iterating_continues_and_state_after_last_batch():
+def test_iterator_that_yielded_the_whole_epoch_advances_it():
     loader = DataLoader(Augmented(), batch_size=10)
     it = iter(loader)
     next(it)
@@ -275,3 +281,236 @@ def test_workers_handle_batches_of_changing_size_and_free_shared_memory():
     assert [x.shape[-1] for x, _ in par] == [2, 2] + list(range(4, 14))
     if os.path.isdir(shm_dir):
         assert set(os.listdir(shm_dir)) - before == set()  # every slot unlinked
+
+
+# --- PyTorch's iterator semantics, collate_fn, device, Subset ----------------------------------
+
+
+def test_peeking_drops_nothing_and_a_new_iterator_restarts_the_epoch():
+    ref = batches(DataLoader(Augmented(), batch_size=4, shuffle=True, seed=3))
+    loader = DataLoader(Augmented(), batch_size=4, shuffle=True, seed=3)
+    x0, y0 = next(iter(loader))  # peek
+    np.testing.assert_array_equal(y0.numpy(), ref[0][1])
+    assert loader.epoch == 0
+    assert_same(batches(loader), ref)  # the whole of epoch 0, peeked batch included
+    assert loader.epoch == 1
+    for k, _ in enumerate(loader):  # leave epoch 1 after two batches ...
+        if k == 1:
+            break
+    assert loader.epoch == 1 and loader.state_dict()["position"] == 2
+    again = batches(loader)  # ... and a new iterator runs epoch 1 from its start
+    assert len(again) == len(loader) and loader.epoch == 2
+    assert sorted(np.concatenate([y for _, y in again]).tolist()) == list(range(N))
+
+
+def test_only_the_first_iterator_after_load_state_dict_resumes():
+    ref = DataLoader(Augmented(), batch_size=4, shuffle=True, seed=9)
+    epoch0 = batches(ref)
+    epoch1 = batches(ref)
+    resumed = DataLoader(Augmented(), batch_size=4, shuffle=True, seed=9)
+    resumed.load_state_dict({"epoch": 0, "position": 4, "seed": 9})
+    assert resumed.state_dict()["position"] == 4  # a checkpoint taken now resumes there too
+    assert_same(batches(resumed), epoch0[4:])
+    assert_same(batches(resumed), epoch1)
+    # a resume left early: the next iterator starts that epoch from its beginning
+    resumed.load_state_dict({"epoch": 0, "position": 2, "seed": 9})
+    it = iter(resumed)
+    np.testing.assert_array_equal(next(it)[1].numpy(), epoch0[2][1])
+    del it
+    assert_same(batches(resumed), epoch0)
+
+
+def test_default_collate_structures_and_dtypes_by_hand():
+    from minidl.data import default_collate
+    samples = [{"img": np.full((2, 2), k, np.float32), "label": k, "w": 0.5 * k, "ok": k > 0,
+                "name": f"s{k}", "pair": (np.int32(k), [k, -k])} for k in range(3)]
+    b = default_collate(samples)
+    assert set(b) == {"img", "label", "w", "ok", "name", "pair"}
+    assert isinstance(b["img"], minidl.Tensor) and b["img"].shape == (3, 2, 2)
+    assert b["img"].dtype == np.float32
+    np.testing.assert_array_equal(b["img"].numpy()[:, 0, 0], [0, 1, 2])
+    assert b["label"].dtype == np.int64 and b["label"].tolist() == [0, 1, 2]
+    assert b["w"].dtype == np.float64 and b["w"].tolist() == [0.0, 0.5, 1.0]
+    assert b["ok"].dtype == np.bool_ and b["ok"].tolist() == [False, True, True]
+    assert b["name"] == ["s0", "s1", "s2"]
+    assert isinstance(b["pair"], list) and b["pair"][0].dtype == np.int32
+    assert [t.tolist() for t in b["pair"][1]] == [[0, 1, 2], [0, -1, -2]]
+    with pytest.raises(ValueError, match=r"sample 1 has 3"):
+        default_collate([(1, 2), (1, 2, 3)])
+    with pytest.raises(TypeError, match="object"):
+        default_collate([object(), object()])
+
+
+def test_default_collate_matches_torch():
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import default_collate as torch_collate
+
+    from minidl.data import default_collate
+    rng = np.random.default_rng(0)
+    samples = [(rng.standard_normal((3, 4)).astype(np.float32), int(k), float(k) / 3,
+                {"a": rng.integers(0, 9, (2,)), "b": [True, k]}) for k in range(4)]
+    ours, theirs = default_collate(samples), torch_collate(samples)
+
+    def compare(a, b):
+        if isinstance(b, torch.Tensor):
+            assert isinstance(a, minidl.Tensor)
+            assert a.numpy().dtype == b.numpy().dtype, (a.dtype, b.dtype)
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+        elif isinstance(b, dict):
+            assert a.keys() == b.keys()
+            for k in b:
+                compare(a[k], b[k])
+        else:
+            assert type(a) is type(b) and len(a) == len(b)
+            for u, v in zip(a, b):
+                compare(u, v)
+    compare(ours, theirs)
+
+
+class DictSamples(Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return {"x": np.full((2,), i, np.float32), "y": i, "tag": str(i)}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_collate_fn_runs_per_batch_and_arrays_come_back_as_tensors(workers):
+    def collate(samples):  # a user's collate_fn: returns NumPy; the loader makes Tensors
+        return (np.stack([s["x"] for s in samples]) * 2, [s["tag"] for s in samples],
+                np.array([s["y"] for s in samples]))
+
+    out = list(DataLoader(DictSamples(), batch_size=4, collate_fn=collate, num_workers=workers))
+    assert [len(t) for _, t, _ in out] == [4, 4, 2]
+    x, tags, y = out[2]
+    assert isinstance(x, minidl.Tensor) and isinstance(y, minidl.Tensor)
+    np.testing.assert_array_equal(x.numpy(), [[16, 16], [18, 18]])
+    assert tags == ["8", "9"] and y.tolist() == [8, 9]
+    d = next(iter(DataLoader(DictSamples(), batch_size=3, num_workers=workers)))
+    assert d["tag"] == ["0", "1", "2"] and d["y"].tolist() == [0, 1, 2]
+
+
+def test_device_argument_puts_batches_on_the_device(device):
+    loader = DataLoader(Augmented(), batch_size=5, device=device, num_workers=1)
+    for x, y in loader:
+        assert x.device == device and y.device == device
+    loader.set_epoch(0)
+    ref = batches(DataLoader(Augmented(), batch_size=5))
+    assert_same([(x.numpy(), y.numpy()) for x, y in loader], ref)
+
+
+def test_subset_of_a_plain_dataset_works_in_the_loader():
+    from minidl.data import Subset
+    plain = [(np.full((2,), i, np.float32), i) for i in range(10)]  # a list is a dataset
+    for workers in (0, 2):
+        out = batches(DataLoader(Subset(plain, [7, 3, 5]), batch_size=2, num_workers=workers))
+        assert [y.tolist() for _, y in out] == [[7, 3], [5]]
+        np.testing.assert_array_equal(out[0][0][:, 0], [7, 3])
+
+
+# --- sharding across data-parallel ranks ------------------------------------------------------
+
+
+@pytest.mark.parametrize("world,batch,drop_last,n", [(2, 3, False, 23), (3, 2, False, 23),
+                                                      (3, 2, True, 23), (4, 3, False, 5),
+                                                      (2, 4, False, 16), (1, 5, False, 23)])
+def test_ranks_split_each_single_process_batch(world, batch, drop_last, n):
+    single = DataLoader(Augmented(n), batch_size=world * batch, shuffle=True, seed=4,
+                        drop_last=drop_last)
+    ranks = [DataLoader(Augmented(n), batch_size=batch, shuffle=True, seed=4, rank=r,
+                        num_replicas=world, drop_last=drop_last) for r in range(world)]
+    for _ in range(2):  # two epochs: the order changes, the ranks stay in step
+        ref = batches(single)
+        per_rank = [batches(loader) for loader in ranks]
+        assert all(len(b) == len(ref) == len(loader) for b, loader in zip(per_rank, ranks))
+        for k, (_, y_ref) in enumerate(ref):
+            parts = [per_rank[r][k][1] for r in range(world)]
+            if len(y_ref) == world * batch:  # a full batch: rank r holds the r-th slice
+                for r in range(world):
+                    np.testing.assert_array_equal(parts[r], y_ref[r * batch:(r + 1) * batch])
+            else:  # the tail: equal shares, covering the single-process batch, padded by
+                # repeating the epoch's first samples
+                assert not drop_last
+                size = -(-len(y_ref) // world)
+                assert [len(p) for p in parts] == [size] * world
+                union = np.concatenate(parts)
+                np.testing.assert_array_equal(union[:len(y_ref)], y_ref)
+                first = np.concatenate([y for _, y in ref])
+                np.testing.assert_array_equal(union[len(y_ref):],
+                                              np.resize(first, size * world - len(y_ref)))
+            for r in range(world):  # the images are the single process's, too
+                x_ref = ref[k][0]
+                np.testing.assert_array_equal(per_rank[r][k][0][:len(parts[r])][:1],
+                                              x_ref[np.flatnonzero(y_ref == parts[r][0])[:1]])
+        if drop_last:
+            assert len(ref) == n // (world * batch)
+
+
+def test_every_rank_resumes_from_rank_0s_state():
+    world, batch = 3, 2
+    make = (lambda r: DataLoader(Augmented(), batch_size=batch, shuffle=True, seed=6, rank=r,
+                                 num_replicas=world))
+    straight = [batches(make(r)) for r in range(world)]
+    first = [make(r) for r in range(world)]
+    for loader in first:
+        for k, _ in enumerate(loader):
+            if k == 1:
+                break
+    state = json.loads(json.dumps(first[0].state_dict()))
+    assert state["position"] == 2 and state["num_replicas"] == world
+    for r in range(world):
+        resumed = make(r)
+        resumed.load_state_dict(state)
+        assert_same(batches(resumed), straight[r][2:])
+    with pytest.raises(ValueError, match="num_replicas 3 vs 2"):
+        DataLoader(Augmented(), batch_size=batch, shuffle=True, num_replicas=2,
+                   rank=0).load_state_dict(state)
+
+
+def test_sharding_arguments_are_checked():
+    with pytest.raises(ValueError, match="rank must be in 0..num_replicas-1"):
+        DataLoader(Augmented(), num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="num_replicas"):
+        DataLoader(Augmented(), num_replicas=0, rank=0)
+    with pytest.raises(ValueError, match="give both"):
+        DataLoader(Augmented(), num_replicas=2)
+
+
+# --- timeouts and errors that name the sample ---------------------------------------------------
+
+
+class Slow(Dataset):
+    def __init__(self, slow_index, seconds=30.0):
+        self.slow_index, self.seconds = slow_index, seconds
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        if i == self.slow_index:
+            import time
+            time.sleep(self.seconds)
+        return np.zeros(2, np.float32), i
+
+
+def test_timeout_names_the_pending_sample_indices():
+    loader = DataLoader(Slow(5), batch_size=2, num_workers=2, timeout=2)
+    got = []
+    with pytest.raises(RuntimeError, match=r"timed out after 2.0 s waiting for batch 2 .*"
+                                           r"pending sample indices \[4, 5\]"):
+        for _, y in loader:
+            got.append(y.tolist())
+    assert got == [[0, 1], [2, 3]]
+    assert not mp.active_children()
+    with pytest.raises(ValueError, match="timeout"):
+        DataLoader(Slow(5), timeout=-1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_errors_name_the_sample_index_and_the_dataset(workers):
+    loader = DataLoader(Augmented(fail_at=13), batch_size=4, num_workers=workers)
+    with pytest.raises(ValueError, match="bad sample 13") as info:
+        batches(loader)
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "sample index 13" in notes and "Augmented" in notes and "batch 3" in notes

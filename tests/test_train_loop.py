@@ -80,7 +80,7 @@ def test_metric_schedulers_get_the_batch_training_error():
     assert seen == recorded and len(seen) == 4 and all(0 <= e <= 1 for e in seen)
 
 
-def test_on_step_can_stop_mid_epoch_and_the_loader_resumes_there():
+def test_on_step_can_stop_mid_epoch_and_the_loader_state_resumes_there():
     minidl.manual_seed(0)
     model = nn_mlp()
     opt = SGD(model.parameters(), lr=0.1)
@@ -90,10 +90,17 @@ def test_on_step_can_stop_mid_epoch_and_the_loader_resumes_there():
     r = train_one_epoch(model, loader, opt, F.cross_entropy, progress=False,
                         on_step=lambda info: lrs.append(info["lr"]) or info["batch"] == 1)
     assert r["stopped"] and r["steps"] == 2 and r["samples"] == 16 and lrs == [0.1, 0.1]
-    assert loader.state_dict()["position"] == 2
+    state = loader.state_dict()
+    assert state["position"] == 2 and state["epoch"] == 0
+    # as in PyTorch, a new pass starts the epoch from its beginning ...
+    again = train_one_epoch(model, loader, opt, F.cross_entropy, progress=False,
+                            on_step=lambda info: info["batch"] == 0)
+    assert again["steps"] == 1 and loader.state_dict()["epoch"] == 0
+    # ... and the saved state resumes where the stop left off (what a checkpoint does)
+    loader.load_state_dict(state)
     r2 = train_one_epoch(model, loader, opt, F.cross_entropy, progress=False,
                          start_step=r["step"])
-    assert r2["steps"] == 2 and r2["step"] == 4 and not r2["stopped"]
+    assert r2["steps"] == 2 and r2["step"] == 4 and r2["samples"] == 16 and not r2["stopped"]
     assert loader.state_dict() == {**loader.state_dict(), "epoch": 1, "position": 0}
 
 

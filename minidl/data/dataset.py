@@ -5,7 +5,8 @@ asks for samples through :meth:`Dataset.getitem` with a ``numpy.random.Generator
 ``(seed, epoch, index)`` (see :func:`sample_rng`), which the dataset hands to its transform, so
 the augmentation a sample gets does not depend on which worker process loads it.
 
-Nothing here imports Pillow, CuPy or the rest of minidl: the data pipeline produces NumPy arrays.
+Nothing here imports Pillow, CuPy or the rest of minidl: datasets produce NumPy arrays (the
+DataLoader turns batches into Tensors).
 """
 import contextlib
 import threading
@@ -114,7 +115,11 @@ class Dataset:
 
 
 class Subset(Dataset):
-    """The samples ``indices`` of ``dataset``, in that order (e.g. a 45k/5k train/val split)."""
+    """The samples ``indices`` of ``dataset``, in that order (e.g. a 45k/5k train/val split).
+
+    ``dataset`` is anything with ``__len__`` and ``__getitem__`` (a minidl Dataset, a list, a
+    torch-style dataset).
+    """
 
     def __init__(self, dataset, indices):
         self.dataset = dataset
@@ -131,7 +136,14 @@ class Subset(Dataset):
         return self.dataset[self.indices[index]]
 
     def getitem(self, index, rng=None):
-        return self.dataset.getitem(self.indices[index], rng)
+        """Sample ``indices[index]`` of the wrapped dataset, with ``rng`` for its transforms
+        (through its own ``getitem`` when it has one, else installed as :func:`current_rng`)."""
+        i = self.indices[index]
+        get = getattr(self.dataset, "getitem", None)
+        if get is not None:
+            return get(i, rng)
+        with using_rng(rng):
+            return self.dataset[i]
 
 
 def _normalize_index(index, n, owner):

@@ -24,10 +24,12 @@
     plot_curves("run.jsonl", "curves.png")
 
 (The data loader counts epochs: running to the end of one advances its ``epoch``, so the loop
-above needs no epoch variable of its own and resumes in the right place.)
+above needs no epoch variable of its own; after ``load_checkpoint`` its first iterator resumes
+mid-epoch where the checkpoint stood.)
 
-Each NumPy batch from the loader is moved to ``device`` with ``minidl.Tensor(x, device=...)``
-(the only device-specific line), so the same loop runs on "cpu" and "cuda". A NaN or infinite
+The loader's batches are Tensors; build it with ``device=`` to have them made on the GPU, else
+they are moved to ``device`` here (as are NumPy batches from any other iterable), so the same
+loop runs on "cpu" and "cuda". A NaN or infinite
 loss raises :class:`NonFiniteLossError` naming the step *before* the weights are touched, so the
 last checkpoint (and the model in memory) stay good.
 """
@@ -75,9 +77,23 @@ def _make_progress(progress, total, desc):
 def _total(loader):
     ds = getattr(loader, "dataset", None)
     try:
-        return len(ds) if ds is not None else None
+        n = len(ds) if ds is not None else None
+        if n is not None and getattr(loader, "num_replicas", 1) > 1:  # this rank's share
+            n = min(n, len(loader) * loader.batch_size)
+        return n
     except TypeError:
         return None
+
+
+def _batch_to(images, labels, device):
+    """The batch as Tensors on ``device``: a no-op for the DataLoader's Tensors already there;
+    NumPy arrays (or lists of labels) from any other iterable are wrapped."""
+    x = images.to(device) if isinstance(images, Tensor) else Tensor(images, device=device)
+    if isinstance(labels, Tensor):
+        y = labels.to(device)
+    else:
+        y = Tensor(np.asarray(labels) if not hasattr(labels, "shape") else labels, device=device)
+    return x, y
 
 
 def _lr(optimizer):
@@ -94,7 +110,8 @@ def _step_scheduler(scheduler, metric):
 def train_one_epoch(model, loader, optimizer, loss_fn, device=None, scheduler=None,
                     scheduler_per="iter", progress=True, on_step=None, epoch=None,
                     start_step=0, ks=(1, 5)):
-    """Train on every batch ``loader`` yields (from its current position): forward, loss,
+    """Train on every batch ``loader`` yields (one epoch, or the rest of it right after a
+    resume): forward, loss,
     NaN/Inf check, ``zero_grad``, backward, ``optimizer.step()``.
 
     * ``loss_fn(output, target) -> scalar Tensor`` (e.g. ``F.cross_entropy``); the target is a
@@ -132,9 +149,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device=None, scheduler=No
     bar, own_bar = _make_progress(progress, _total(loader), desc)
     try:
         for batch_idx, (images, labels) in enumerate(loader):
-            x = Tensor(images, device=device)
-            y = Tensor(np.asarray(labels) if not hasattr(labels, "shape") else labels,
-                       device=device)
+            x, y = _batch_to(images, labels, device)
             lr = _lr(optimizer)
             out = model(x)
             loss = loss_fn(out, y)
@@ -200,9 +215,7 @@ def evaluate(model, loader, device=None, ten_crop=False, loss_fn=None, progress=
     try:
         with no_grad():
             for images, labels in loader:
-                x = Tensor(images, device=device)
-                y = Tensor(np.asarray(labels) if not hasattr(labels, "shape") else labels,
-                           device=device)
+                x, y = _batch_to(images, labels, device)
                 n = int(x.shape[0])
                 if ten_crop:
                     if x.ndim != 5:

@@ -207,3 +207,79 @@ def test_generated_shapes_draws_the_named_shape():
     assert abs(fills["circle"] - np.pi / 4) < 0.03
     assert abs(fills["square"] - 1.0) < 0.03
     assert fills["ring"] < 0.6 and fills["cross"] < 0.6 and fills["bar"] > 0.9
+
+
+# --- symlink loops, EXIF orientation, 16-bit images --------------------------------------------
+
+
+def _build_in_thread(fn, seconds=60):
+    """Run fn in a daemon thread; a hang fails the test instead of hanging the suite."""
+    import threading
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the test
+            box["error"] = e
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(seconds)
+    assert not th.is_alive(), f"still running after {seconds} s (a symlink loop followed?)"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def test_image_folder_does_not_follow_symlink_loops(tmp_path):
+    cat = tmp_path / "cat"
+    (cat / "sub").mkdir(parents=True)
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(cat / "a.png")
+    Image.new("RGB", (4, 4), (40, 50, 60)).save(cat / "sub" / "b.png")
+    os.symlink(cat, cat / "loop1")          # two loops in one folder: 2**40 paths if followed
+    os.symlink("..", cat / "sub" / "loop2")
+    os.symlink(cat / "sub", cat / "again")  # a second path to a folder already read
+    other = tmp_path.parent / (tmp_path.name + "_elsewhere")
+    other.mkdir()
+    Image.new("RGB", (4, 4), (70, 80, 90)).save(other / "c.png")
+    os.symlink(other, cat / "linked")       # a symlinked folder that is not a loop: followed
+    ds = _build_in_thread(lambda: ImageFolder(tmp_path))
+    names = sorted(os.path.relpath(p, tmp_path) for p, _ in ds.samples)
+    assert len(names) == 3
+    assert {os.path.basename(n) for n in names} == {"a.png", "b.png", "c.png"}
+    assert any(p.endswith("loop1") for p in ds.skipped_links)
+    assert any(p.endswith("loop2") for p in ds.skipped_links)
+
+
+def test_image_folder_applies_exif_orientation(tmp_path):
+    (tmp_path / "c").mkdir()
+    a = np.zeros((20, 40, 3), np.uint8)  # 40 wide, 20 high: left half red, right half blue
+    a[:, :20] = (255, 0, 0)
+    a[:, 20:] = (0, 0, 255)
+    img = Image.fromarray(a)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    img.save(tmp_path / "c" / "rot.jpg", exif=exif, quality=100)
+    ds = ImageFolder(tmp_path)
+    shown, _ = ds.load(0)
+    assert shown.size == (20, 40)  # displayed upright: 20 wide, 40 high
+    s = np.asarray(shown).astype(int)
+    # rotated 90 degrees clockwise: the left (red) half is now on top
+    assert s[5, 10, 0] > 200 and s[5, 10, 2] < 60
+    assert s[35, 10, 2] > 200 and s[35, 10, 0] < 60
+
+
+def test_sixteen_bit_images_are_scaled_not_saturated(tmp_path):
+    (tmp_path / "c").mkdir()
+    a = np.array([[0, 1000, 20000], [40000, 60000, 65535]], np.uint16)
+    Image.fromarray(a).save(tmp_path / "c" / "g16.png")
+    ds = ImageFolder(tmp_path, transform=T.ToArray())
+    x, _ = ds.getitem(0)
+    expect = np.round(a / 65535.0 * 255.0) / 255.0
+    np.testing.assert_allclose(x[0], expect, atol=1e-6)
+    np.testing.assert_array_equal(x[0], x[2])  # grey into RGB
+    assert len(np.unique(x)) == 6  # distinct levels stay distinct (not all 1.0)
+    # ToArray on an "I;16" PIL image directly, too
+    y = T.ToArray()(Image.fromarray(a))
+    np.testing.assert_allclose(y[0], expect, atol=1e-6)

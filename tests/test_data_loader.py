@@ -514,3 +514,68 @@ def test_errors_name_the_sample_index_and_the_dataset(workers):
         batches(loader)
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "sample index 13" in notes and "Augmented" in notes and "batch 3" in notes
+
+
+# --- SIGKILL of the whole process group leaves nothing in /dev/shm ------------------------------
+
+KILL_SCRIPT = r"""
+import sys
+import numpy as np
+sys.path.insert(0, {repo!r})
+from minidl.data import DataLoader, Dataset
+
+
+class Images(Dataset):
+    def __len__(self):
+        return 100000
+
+    def __getitem__(self, i):
+        return np.full((3, 16, 16), i % 251, np.float32), i
+
+
+if __name__ == "__main__":
+    for k, (x, y) in enumerate(DataLoader(Images(), batch_size=8, num_workers=2)):
+        print(k, flush=True)
+"""
+
+
+@pytest.mark.skipif(not (os.path.isdir("/dev/shm") and os.path.isdir("/proc/self")
+                         and hasattr(os, "killpg")), reason="needs Linux /dev/shm and /proc")
+def test_sigkill_of_the_process_group_mid_epoch_leaves_no_shared_memory(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from minidl.data.dataloader import SHM_PREFIX
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "loader.py"
+    script.write_text(KILL_SCRIPT.format(repo=repo))
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    prefix = f"{SHM_PREFIX}{p.pid}_"
+    try:
+        for line in p.stdout:  # mid-epoch: well past the first batches
+            if int(line) >= 20:
+                break
+        assert p.poll() is None, p.stderr.read()
+        # the slots exist (mapped by the loader) but their names are already gone
+        with open(f"/proc/{p.pid}/maps") as f:
+            maps = [m for m in f if f"/dev/shm/{prefix}" in m]
+        assert maps and all("(deleted)" in m for m in maps), maps
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+        p.stdout.close()
+        p.stderr.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the workers die with the group
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("processes of the killed loader's group are still alive")
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]

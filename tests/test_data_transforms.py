@@ -291,3 +291,122 @@ def test_compose_hands_the_same_rng_to_each_transform():
     np.testing.assert_allclose(a, (np.asarray(step).transpose(2, 0, 1) / 255.0 - 0.5) / 0.25,
                                rtol=1e-5, atol=1e-5)
     assert "RandomCrop" in repr(pipe)
+
+
+# --- RandomResizedCrop, ColorJitter, Lambda (torchvision's arguments and semantics) ------------
+
+
+def test_random_resized_crop_params_follow_torchvisions_sampling():
+    img = np.random.default_rng(0).random((3, 40, 60)).astype(np.float32)
+    t = T.RandomResizedCrop(16, scale=(0.25, 0.5), ratio=(0.5, 2.0))
+    for seed in range(40):
+        top, left, h, w = t.get_params(img, np.random.default_rng(seed))
+        # the same draws by hand: area fraction, log-uniform ratio, rounding, then the corner
+        r = np.random.default_rng(seed)
+        area = 40 * 60 * r.uniform(0.25, 0.5)
+        aspect = np.exp(r.uniform(np.log(0.5), np.log(2.0)))
+        ew, eh = round(np.sqrt(area * aspect)), round(np.sqrt(area / aspect))
+        if 0 < ew <= 60 and 0 < eh <= 40:
+            assert (h, w) == (eh, ew)
+            assert (top, left) == (int(r.integers(0, 40 - eh + 1)), int(r.integers(0, 60 - ew + 1)))
+        assert 0 <= top and top + h <= 40 and 0 <= left and left + w <= 60
+        out = t(img, rng=np.random.default_rng(seed))
+        assert out.shape == (3, 16, 16) and out.dtype == np.float32
+
+
+def test_random_resized_crop_whole_image_and_fallback():
+    img = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)
+    # scale 1, ratio 1 on a square image: the crop is the whole image, resized to itself
+    np.testing.assert_array_equal(T.RandomResizedCrop(8, scale=(1, 1), ratio=(1, 1))(
+        img, rng=np.random.default_rng(1)), img)
+    # a crop that never fits (area 4x the image): torchvision's central fallback, the whole
+    # 8 x 20 image clamped to ratio <= 1 -> its central 8 x 8
+    wide = np.random.default_rng(2).random((1, 8, 20)).astype(np.float32)
+    t = T.RandomResizedCrop(8, scale=(4, 4), ratio=(0.5, 1.0))
+    assert t.get_params(wide, np.random.default_rng(0)) == (0, 6, 8, 8)
+    np.testing.assert_array_equal(t(wide, rng=np.random.default_rng(0)), wide[:, :, 6:14])
+    pil = Image.fromarray((np.random.default_rng(3).random((30, 50, 3)) * 255).astype(np.uint8))
+    assert T.RandomResizedCrop((10, 12))(pil, rng=np.random.default_rng(0)).size == (12, 10)
+    with pytest.raises(ValueError, match="scale"):
+        T.RandomResizedCrop(8, scale=(0.9, 0.1))
+    with pytest.raises(ValueError, match="ratio"):
+        T.RandomResizedCrop(8, ratio=(0, 1))
+
+
+def test_color_jitter_factors_by_hand_on_arrays():
+    x = np.array([[[0.2, 0.6]], [[0.4, 0.1]], [[0.8, 0.3]]], np.float32)  # (3, 1, 2)
+    gray = 0.2989 * x[0] + 0.587 * x[1] + 0.114 * x[2]
+    rng = np.random.default_rng(0)
+    np.testing.assert_allclose(T.ColorJitter(brightness=(1.5, 1.5))(x, rng=rng),
+                               np.clip(1.5 * x, 0, 1), rtol=1e-6)
+    np.testing.assert_allclose(T.ColorJitter(contrast=(2, 2))(x, rng=rng),
+                               np.clip(2 * x - gray.mean(), 0, 1), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(T.ColorJitter(saturation=(0, 0))(x, rng=rng),
+                               np.broadcast_to(gray, x.shape), rtol=1e-6)
+    red = np.zeros((3, 1, 1), np.float32)
+    red[0] = 1.0
+    np.testing.assert_allclose(T.ColorJitter(hue=(0.5, 0.5))(red, rng=rng).ravel(), [0, 1, 1],
+                               atol=1e-6)  # red turned half way round the hue circle: cyan
+    np.testing.assert_allclose(T.ColorJitter(hue=(1 / 3, 1 / 3))(red, rng=rng).ravel(),
+                               [0, 1, 0], atol=1e-6)  # a third of the way: green
+    assert T.ColorJitter().brightness is None and T.ColorJitter(0.5).brightness == (0.5, 1.5)
+    assert T.ColorJitter(brightness=2).brightness == (0.0, 3.0)  # clipped at 0 like torch's
+
+
+def test_color_jitter_on_pil_matches_pillow_enhance_and_shifts_hue():
+    from PIL import ImageEnhance
+    a = (np.random.default_rng(4).random((6, 7, 3)) * 255).astype(np.uint8)
+    img = Image.fromarray(a)
+    rng = np.random.default_rng(0)
+    out = T.ColorJitter(brightness=(0.5, 0.5))(img, rng=rng)
+    # Pillow's brightness blends with black: round(0.5 * v)
+    np.testing.assert_allclose(np.asarray(out, np.float64), a * 0.5, atol=0.51)
+    out = T.ColorJitter(contrast=(1.7, 1.7))(img, rng=rng)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(ImageEnhance.Contrast(img).enhance(1.7)))
+    red = Image.new("RGB", (2, 2), (255, 0, 0))
+    cyanish = np.asarray(T.ColorJitter(hue=(0.5, 0.5))(red, rng=rng))[0, 0]
+    assert cyanish[0] <= 2 and cyanish[1] >= 250 and cyanish[2] >= 245  # int(0.5*255)=127/255
+    with pytest.raises(ValueError, match="hue"):
+        T.ColorJitter(hue=0.6)
+    with pytest.raises(ValueError, match="brightness"):
+        T.ColorJitter(brightness=-1)
+
+
+def test_color_jitter_draws_order_and_factors_from_the_sample_rng():
+    x = np.random.default_rng(5).random((3, 4, 4)).astype(np.float32)
+    t = T.ColorJitter(0.4, 0.4, 0.4, 0.1)
+    a = t(x, rng=np.random.default_rng(7))
+    np.testing.assert_array_equal(a, t(x, rng=np.random.default_rng(7)))
+    assert not np.allclose(a, t(x, rng=np.random.default_rng(8)))
+    order, b, c, s, h = t.get_params(np.random.default_rng(7))
+    assert sorted(order.tolist()) == [0, 1, 2, 3]
+    assert 0.6 <= b <= 1.4 and 0.6 <= c <= 1.4 and 0.6 <= s <= 1.4 and -0.1 <= h <= 0.1
+    assert a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
+
+
+def test_lambda_calls_the_function_with_the_sample_stream():
+    from minidl.data import DataLoader, current_rng, sample_rng
+
+    class Noise(Dataset):
+        def __init__(self):
+            self.transform = T.Compose([T.Lambda(lambda im: im + current_rng().random()),
+                                        T.Lambda(lambda im: im * 2)])
+
+        def __len__(self):
+            return 6
+
+        def getitem(self, i, rng=None):
+            return self.transform(np.full((1,), float(i), np.float32), rng=rng), i
+
+        def __getitem__(self, i):
+            return self.getitem(i)
+
+    ds = Noise()
+    out = [[x.numpy() for x, _ in DataLoader(ds, batch_size=3, seed=4, num_workers=w)]
+           for w in (0, 2)]
+    np.testing.assert_array_equal(np.concatenate(out[0]), np.concatenate(out[1]))
+    for i in range(6):
+        expect = (i + sample_rng(4, 0, i).random()) * 2
+        assert np.concatenate(out[0])[i, 0] == np.float32(expect)
+    with pytest.raises(TypeError, match="callable"):
+        T.Lambda(3)

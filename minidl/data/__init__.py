@@ -12,7 +12,8 @@ an image is first decoded or transformed.
 * :class:`ImageFolder`, :class:`ImageList`, :class:`CIFAR10` (local files, never downloaded),
   :class:`GeneratedShapes` (drawn on first use, cached)
 * :mod:`minidl.data.transforms` -- ``Compose, ToArray, Resize, CenterCrop, RandomCrop,
-  RandomHorizontalFlip, ScaleJitter, FancyPCA, SubtractMean, Normalize, TenCrop``
+  RandomHorizontalFlip, ScaleJitter, FancyPCA, SubtractMean, Normalize, TenCrop,
+  RandomResizedCrop, ColorJitter, Lambda``
 """
 from . import transforms
 from .dataloader import DataLoader, default_collate

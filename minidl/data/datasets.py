@@ -3,7 +3,9 @@
 Each returns ``(image, label)`` with ``image`` a PIL RGB image passed through ``transform``
 (``transform(img, rng=...)``; see :mod:`minidl.data.transforms`) and ``label`` an int. Nothing is
 ever downloaded. An image that cannot be decoded comes back as a
-:class:`~minidl.data.dataset.CorruptSample`, which the DataLoader skips and counts.
+:class:`~minidl.data.dataset.CorruptSample`, which the DataLoader skips, counts and names. Image
+files are decoded with their EXIF orientation applied, and 16-bit images are scaled to 8 bits
+from their range (not clipped at 255).
 """
 import os
 import pickle
@@ -12,7 +14,7 @@ import warnings
 import numpy as np
 
 from .dataset import CorruptImageWarning, CorruptSample, Dataset, _normalize_index, using_rng
-from .transforms import Transform, _pil
+from .transforms import Transform, _pil, _to_8bit
 
 __all__ = ["VisionDataset", "ImageFolder", "ImageList", "CIFAR10", "image_extensions",
            "load_image"]
@@ -31,12 +33,20 @@ def load_image(path):
 
     A missing or unreadable file is an error (it raises); a file that is there but does not
     decode (truncated, corrupt, not an image) is data damage and gives a CorruptSample.
+    EXIF orientation is applied (a photo taken upright comes out upright), and 16-bit
+    (and 32-bit integer) images are scaled from their range to 8 bits instead of saturating.
     """
     Image = _pil()
+    from PIL import ImageOps
     with open(path, "rb") as f:
         try:
             img = Image.open(f)
-            img = img.convert("RGB")  # forces the full decode while the file is open
+            img.load()  # the full decode while the file is open
+            try:
+                img = ImageOps.exif_transpose(img)
+            except Exception:  # damaged EXIF metadata: the pixels are still good
+                pass
+            img = _to_8bit(img).convert("RGB")
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error ...
             return CorruptSample(path, f"{type(e).__name__}: {e}")
     return img
@@ -71,11 +81,22 @@ class VisionDataset(Dataset):
         return img, label
 
 
+def _dir_key(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class ImageFolder(VisionDataset):
     """The ImageNet layout ``root/<class>/<image>``; images may sit in nested sub-folders.
 
     Class indices follow the sorted folder names. Every file whose extension (case-insensitive)
     belongs to a format Pillow can open is a sample; samples are ordered by class, then path.
+    Symbolic links are followed, but each directory is read once per class: a link back to an
+    ancestor (a loop) or to a directory already read is not entered (listed in
+    ``skipped_links``).
 
     Attributes: ``classes`` (sorted names), ``class_to_idx``, ``samples`` (list of
     ``(path, class_index)``), ``targets`` (the class indices).
@@ -96,10 +117,22 @@ class ImageFolder(VisionDataset):
                                     f"(expected root/<class>/<image>)")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples = []
+        self.skipped_links = []  # directories not entered: symlink loops and repeats
         for c in self.classes:
-            for dirpath, dirnames, filenames in os.walk(os.path.join(self.root, c),
-                                                        followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            top = os.path.join(self.root, c)
+            seen = {_dir_key(top)}  # each directory (by device and inode) is read once
+            for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+                keep = []
+                for d in sorted(dirnames):
+                    if d.startswith("."):
+                        continue
+                    key = _dir_key(os.path.join(dirpath, d))
+                    if key is None or key in seen:  # broken link, loop, or a second path
+                        self.skipped_links.append(os.path.join(dirpath, d))
+                        continue
+                    seen.add(key)
+                    keep.append(d)
+                dirnames[:] = keep
                 for fn in sorted(filenames):
                     if os.path.splitext(fn)[1].lower() in exts and not fn.startswith("."):
                         self.samples.append((os.path.join(dirpath, fn), self.class_to_idx[c]))

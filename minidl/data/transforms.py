@@ -18,6 +18,9 @@ ToArray                           yes (-> CHW float32)         HWC uint8 array a
 Resize, ScaleJitter               yes                          yes (bilinear per channel)
 CenterCrop, RandomCrop            yes                          yes (also (..., C, H, W))
 RandomHorizontalFlip              yes                          yes (also (..., C, H, W))
+RandomResizedCrop                 yes                          yes (also (..., C, H, W))
+ColorJitter                       yes                          yes, values in [0, 1]
+Lambda                            whatever the function takes  idem
 TenCrop                           no                           yes -> (10, C, h, w)
 SubtractMean, Normalize, FancyPCA no                           yes (also (..., C, H, W))
 ================================  ===========================  ================================
@@ -36,15 +39,17 @@ The recipes (../shared/PAPERS.md)::
 Pillow is imported lazily: ``import minidl.data.transforms`` needs NumPy only.
 """
 import json
+import math
 import os
 
 import numpy as np
 
-from .dataset import CorruptSample, current_rng
+from .dataset import CorruptSample, current_rng, using_rng
 
 __all__ = ["Transform", "Compose", "ToArray", "Resize", "CenterCrop", "RandomCrop",
            "RandomHorizontalFlip", "ScaleJitter", "FancyPCA", "SubtractMean", "Normalize",
-           "TenCrop", "compute_mean_image", "rgb_covariance"]
+           "TenCrop", "RandomResizedCrop", "ColorJitter", "Lambda", "compute_mean_image",
+           "rgb_covariance"]
 
 
 def _pil():
@@ -147,6 +152,24 @@ def _shorter_side_to(img, size):
     return _resize(img, nh, nw)
 
 
+def _to_8bit(img):
+    """A PIL image with more than 8 bits per channel scaled to 8 bits ("L") from its range:
+    16-bit modes ("I;16*") by 255/65535; 32-bit integer ("I") images by the range their values
+    need (255, 65535 or 2**32 - 1); others are returned as they are."""
+    mode = img.mode
+    if not (mode.startswith("I;16") or mode == "I"):
+        return img
+    a = np.asarray(img).astype(np.float64)
+    if mode == "I":
+        top = float(a.max()) if a.size else 0.0
+        full = 255.0 if top <= 255 else 65535.0 if top <= 65535 else 4294967295.0
+        a = np.clip(a, 0, None)
+    else:
+        full = 65535.0
+    out = np.clip(np.round(a * (255.0 / full)), 0, 255).astype(np.uint8)
+    return _pil().fromarray(out, "L")
+
+
 class Transform:
     """Base class of minidl's transforms: ``__call__(img, rng=None)``."""
 
@@ -173,8 +196,13 @@ class Compose(Transform):
 
     def __call__(self, img, rng=None):
         rng = _rng(rng)
-        for t in self.transforms:
-            img = t(img, rng=rng) if isinstance(t, Transform) else t(img)
+        with using_rng(rng):  # plain functions drawing from current_rng() get it too
+            for j, t in enumerate(self.transforms):
+                try:
+                    img = t(img, rng=rng) if isinstance(t, Transform) else t(img)
+                except Exception as e:
+                    e.add_note(f"in transform {j} of the Compose: {t!r}")
+                    raise
         return img
 
     def __repr__(self):
@@ -196,6 +224,7 @@ class ToArray(Transform):
 
     def __call__(self, img, rng=None):
         if _is_pil(img):
+            img = _to_8bit(img)
             if img.mode not in ("RGB", "L", "RGBA"):
                 img = img.convert("RGB")
             a = np.asarray(img)
@@ -346,6 +375,245 @@ class TenCrop(Transform):
                  self._center(x)]
         views += [v[:, :, ::-1] for v in views]
         return np.ascontiguousarray(np.stack(views))
+
+
+class RandomResizedCrop(Transform):
+    """A crop of random area and aspect ratio, resized to ``size`` (torchvision's arguments and
+    sampling; the Inception / ResNet-v1.5 ImageNet augmentation).
+
+    Up to 10 times: the crop's area is ``uniform(scale) * H * W``, its aspect ratio (w / h)
+    ``exp(uniform(log(ratio)))``, ``w = round(sqrt(area * ratio))``, ``h = round(sqrt(area /
+    ratio))``; the first that fits is placed uniformly. If none fits, the central crop of the
+    whole image clamped to the ratio range is taken. The crop is resized bilinearly
+    (antialiased when shrinking, as torchvision's PIL path). PIL image or (..., C, H, W) array;
+    all draws come from ``rng``.
+    """
+
+    def __init__(self, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)):
+        self.size = size
+        self._hw = _size2(size)
+        self.scale = _float_pair(scale, "RandomResizedCrop scale")
+        self.ratio = _float_pair(ratio, "RandomResizedCrop ratio")
+        if self.scale[0] < 0 or self.scale[0] > self.scale[1]:
+            raise ValueError(f"RandomResizedCrop scale must be (min, max) with 0 <= min <= max, "
+                             f"got {scale!r}")
+        if self.ratio[0] <= 0 or self.ratio[0] > self.ratio[1]:
+            raise ValueError(f"RandomResizedCrop ratio must be (min, max) with 0 < min <= max, "
+                             f"got {ratio!r}")
+
+    def get_params(self, img, rng=None):
+        """``(top, left, h, w)`` of the crop for ``img``, drawn from ``rng``."""
+        rng = _rng(rng)
+        H, W = _hw(img)
+        area = H * W
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = area * rng.uniform(self.scale[0], self.scale[1])
+            aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+            w = round(math.sqrt(target_area * aspect))
+            h = round(math.sqrt(target_area / aspect))
+            if 0 < w <= W and 0 < h <= H:
+                top = int(rng.integers(0, H - h + 1))
+                left = int(rng.integers(0, W - w + 1))
+                return top, left, h, w
+        in_ratio = W / H  # fallback: the central crop
+        if in_ratio < min(self.ratio):
+            w = W
+            h = round(w / min(self.ratio))
+        elif in_ratio > max(self.ratio):
+            h = H
+            w = round(h * max(self.ratio))
+        else:
+            w, h = W, H
+        return (H - h) // 2, (W - w) // 2, h, w
+
+    def __call__(self, img, rng=None):
+        top, left, h, w = self.get_params(img, rng)
+        return _resize(_crop(img, top, left, h, w), *self._hw)
+
+
+def _float_pair(value, name):
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a (min, max) pair of numbers, got {value!r}") from None
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return a, b
+
+
+def _jitter_range(value, name, center=1.0, bound=(0.0, math.inf), clip_first_on_zero=True):
+    """torchvision's ColorJitter._check_input: a number v gives [center - v, center + v]."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        if value < 0 or not math.isfinite(value):
+            raise ValueError(f"ColorJitter {name} must be a non-negative number, got {value!r}")
+        lo, hi = center - float(value), center + float(value)
+        if clip_first_on_zero:
+            lo = max(lo, 0.0)
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        lo, hi = _float_pair(value, f"ColorJitter {name}")
+    else:
+        raise TypeError(f"ColorJitter {name} should be a single number or a (min, max) pair, "
+                        f"got {value!r}")
+    if not bound[0] <= lo <= hi <= bound[1]:
+        raise ValueError(f"ColorJitter {name} values should be between {bound}, got "
+                         f"{value!r} (the range [{lo}, {hi}])")
+    if lo == hi == center:
+        return None
+    return lo, hi
+
+
+def _gray(x):
+    """ITU-R 601-2 luma of a (..., 3, H, W) array, kept as (..., 1, H, W) (torchvision's)."""
+    r, g, b = x[..., 0, :, :], x[..., 1, :, :], x[..., 2, :, :]
+    return (0.2989 * r + 0.587 * g + 0.114 * b)[..., None, :, :]
+
+
+def _blend(x, other, factor):
+    return np.clip(factor * x + (1.0 - factor) * other, 0.0, 1.0)
+
+
+def _rgb_to_hsv(x):
+    r, g, b = x[..., 0, :, :], x[..., 1, :, :], x[..., 2, :, :]
+    maxc, minc = x.max(axis=-3), x.min(axis=-3)
+    eqc = maxc == minc
+    cr = maxc - minc
+    s = cr / np.where(eqc, 1.0, maxc)
+    div = np.where(eqc, 1.0, cr)
+    rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
+    h = (maxc == r) * (bc - gc) + ((maxc == g) & (maxc != r)) * (2.0 + rc - bc) \
+        + ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = np.fmod(h / 6.0 + 1.0, 1.0)
+    return h, s, maxc
+
+
+def _hsv_to_rgb(h, s, v):
+    i = np.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.astype(np.int64) % 6
+    p = np.clip(v * (1.0 - s), 0.0, 1.0)
+    q = np.clip(v * (1.0 - s * f), 0.0, 1.0)
+    t = np.clip(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
+    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    out = np.zeros(h.shape[:-2] + (3,) + h.shape[-2:], dtype=np.result_type(v, np.float32))
+    for k, (r, g, b) in enumerate(table):
+        m = i == k
+        out[..., 0, :, :] = np.where(m, r, out[..., 0, :, :])
+        out[..., 1, :, :] = np.where(m, g, out[..., 1, :, :])
+        out[..., 2, :, :] = np.where(m, b, out[..., 2, :, :])
+    return out
+
+
+class ColorJitter(Transform):
+    """Random brightness, contrast, saturation and hue, in a random order (torchvision's
+    arguments and semantics).
+
+    Each of ``brightness``, ``contrast``, ``saturation`` is a number ``v`` (the factor is drawn
+    uniformly from ``[max(0, 1 - v), 1 + v]``) or a ``(min, max)`` pair; ``hue`` is a number in
+    [0, 0.5] (shift drawn from ``[-hue, hue]``) or a pair within [-0.5, 0.5]. Per image: the
+    order is a random permutation of the four adjustments, then the factors are drawn (all from
+    ``rng``). Factor 1 (hue 0) leaves the image unchanged.
+
+    * PIL image: Pillow's ``ImageEnhance.Brightness / Contrast / Color`` and a hue shift of the
+      HSV image's 8-bit hue channel (with wrap-around), as torchvision's PIL path.
+    * (..., C, H, W) float array with values in [0, 1] (torchvision's float-tensor semantics):
+      brightness ``clip(f x)``, contrast ``clip(f x + (1 - f) mean(gray(x)))``, saturation
+      ``clip(f x + (1 - f) gray(x))``, hue by rotating H in HSV; gray is ITU-R 601-2 luma.
+      Saturation and hue leave 1-channel images unchanged.
+    """
+
+    def __init__(self, brightness=0, contrast=0, saturation=0, hue=0):
+        self.brightness = _jitter_range(brightness, "brightness")
+        self.contrast = _jitter_range(contrast, "contrast")
+        self.saturation = _jitter_range(saturation, "saturation")
+        self.hue = _jitter_range(hue, "hue", center=0.0, bound=(-0.5, 0.5),
+                                 clip_first_on_zero=False)
+
+    def get_params(self, rng=None):
+        """``(order, brightness, contrast, saturation, hue)``: the permutation of 0..3 and the
+        factors (None for an adjustment that is off), drawn from ``rng``."""
+        rng = _rng(rng)
+        order = rng.permutation(4)
+        draw = (lambda r: None if r is None else float(rng.uniform(r[0], r[1])))
+        b = draw(self.brightness)
+        c = draw(self.contrast)
+        s = draw(self.saturation)
+        h = draw(self.hue)
+        return order, b, c, s, h
+
+    def __call__(self, img, rng=None):
+        order, b, c, s, h = self.get_params(rng)
+        pil = _is_pil(img)
+        if not pil:
+            img = _array(img, "ColorJitter")
+            dtype = img.dtype if img.dtype.kind == "f" else np.float32
+            img = img.astype(np.float64)
+        for k in order:
+            f = (b, c, s, h)[k]
+            if f is None:
+                continue
+            img = (_jitter_pil if pil else _jitter_array)(img, int(k), f)
+        return img if pil else img.astype(dtype)
+
+
+def _jitter_pil(img, k, f):
+    from PIL import ImageEnhance
+    Image = _pil()
+    if k == 0:
+        return ImageEnhance.Brightness(img).enhance(f)
+    if k == 1:
+        return ImageEnhance.Contrast(img).enhance(f)
+    if k == 2:
+        return ImageEnhance.Color(img).enhance(f)
+    if img.mode in ("L", "1", "I", "F"):
+        return img
+    mode = img.mode
+    hh, ss, vv = img.convert("HSV").split()
+    np_h = np.array(hh, dtype=np.uint8)
+    with np.errstate(over="ignore"):
+        np_h += np.array(np.int32(f * 255)).astype(np.uint8)
+    hh = Image.fromarray(np_h, "L")
+    return Image.merge("HSV", (hh, ss, vv)).convert(mode)
+
+
+def _jitter_array(x, k, f):
+    C = x.shape[-3]
+    if k == 0:
+        return _blend(x, 0.0, f)
+    if k == 1:
+        g = _gray(x) if C == 3 else x
+        return _blend(x, g.mean(axis=(-3, -2, -1), keepdims=True), f)
+    if C == 1:
+        return x
+    if C != 3:
+        raise ValueError(f"ColorJitter saturation/hue need 1 or 3 channels, got shape {x.shape}")
+    if k == 2:
+        return _blend(x, _gray(x), f)
+    hh, ss, vv = _rgb_to_hsv(x)
+    return _hsv_to_rgb(np.mod(hh + f, 1.0), ss, vv)
+
+
+class Lambda(Transform):
+    """Apply a user function: ``Lambda(lambda img: ...)`` (torchvision's ``Lambda``).
+
+    ``lambd(img)`` is called with the sample's generator installed as
+    :func:`minidl.data.current_rng`, so a random function that draws from ``current_rng()``
+    follows the loader's per-sample stream (identical for any number of workers).
+    """
+
+    def __init__(self, lambd):
+        if not callable(lambd):
+            raise TypeError(f"Argument lambd should be callable, got {type(lambd).__name__!r}")
+        self.lambd = lambd
+
+    def __call__(self, img, rng=None):
+        if rng is None:
+            return self.lambd(img)
+        with using_rng(rng):
+            return self.lambd(img)
+
+    def __repr__(self):
+        return f"Lambda({getattr(self.lambd, '__name__', repr(self.lambd))})"
 
 
 def _channel_vector(v, name):

@@ -34,6 +34,7 @@ an interrupted save never leaves a truncated file behind.
 """
 import io
 import json
+import math
 import os
 import pickle
 import struct
@@ -432,7 +433,7 @@ def _make_unpickler(zf, prefix, path, byteorder):
         if any(s < 0 for s in size) or any(s < 0 for s in stride) or offset < 0:
             raise ValueError(f"minidl.load({path!r}): {what} has a negative size, stride or "
                              f"storage offset ({size}, {stride}, {offset})")
-        n = int(np.prod(size)) if size else 1
+        n = math.prod(size)
         if n == 0:
             return np.zeros(size, dtype=arr.dtype)
         last = offset + sum((s - 1) * st for s, st in zip(size, stride))
@@ -586,9 +587,15 @@ def _load_pth(path):
             obj = Unpickler(io.BytesIO(zf.read(pkls[0]))).load()
         except UnsafeCheckpointError:
             raise
-        except (pickle.UnpicklingError, EOFError, TypeError, AttributeError) as e:
+        except (ValueError, TypeError) as e:
+            if str(e).startswith("minidl.load("):
+                raise
             raise ValueError(f"minidl.load({path!r}): cannot read the checkpoint's pickle: "
-                             f"{e}") from None
+                             f"{type(e).__name__}: {e}") from None
+        except (pickle.UnpicklingError, EOFError, AttributeError, KeyError, IndexError,
+                struct.error, OverflowError, RecursionError) as e:
+            raise ValueError(f"minidl.load({path!r}): cannot read the checkpoint's pickle: "
+                             f"{type(e).__name__}: {e}") from None
     return _unwrap(obj, path)
 
 
@@ -654,9 +661,14 @@ def _load_safetensors(path):
         if dt not in _ST_DTYPES:
             raise ValueError(f"minidl.load({path!r}): tensor {k!r} has dtype {dt!r}, which "
                              f"is not read (supported: {', '.join(_ST_DTYPES)})")
+        if not all(isinstance(d, int) and d >= 0 for d in shape) or not all(
+                isinstance(o, int) for o in (begin, end)):
+            raise ValueError(f"minidl.load({path!r}): tensor {k!r} has a shape {list(shape)} "
+                             f"or data_offsets {[begin, end]} that are not non-negative "
+                             f"integers")
         np_dtype = _ST_DTYPES[dt]
         itemsize = 2 if np_dtype is None else np_dtype.itemsize
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(shape)
         if not (0 <= begin <= end <= len(data)) or end - begin != count * itemsize:
             raise ValueError(f"minidl.load({path!r}): tensor {k!r} (dtype {dt}, shape "
                              f"{list(shape)}) has data_offsets [{begin}, {end}] that do not "
@@ -757,7 +769,21 @@ def load(path, map_location=None, device=None):
         raise FileNotFoundError(f"minidl.load: no such file {path!r}")
     reader = {".pth": _load_pth, ".pt": _load_pth, ".safetensors": _load_safetensors,
               ".npz": _load_npz}[ext]
-    return _to_tensors(reader(path), target)
+    try:
+        obj = reader(path)
+    except UnsafeCheckpointError:
+        raise
+    except (ValueError, TypeError) as e:
+        if str(e).startswith("minidl.load("):
+            raise                                   # already names the file and the problem
+        raise ValueError(f"minidl.load({path!r}): cannot read the {ext} file: "
+                         f"{type(e).__name__}: {e}") from None
+    except OSError:
+        raise
+    except Exception as e:                          # a damaged file: zip, pickle, npy layers
+        raise ValueError(f"minidl.load({path!r}): cannot read the {ext} file: "
+                         f"{type(e).__name__}: {e}") from None
+    return _to_tensors(obj, target)
 
 
 if sys.byteorder not in ("little", "big"):  # pragma: no cover - no such machine

@@ -141,6 +141,30 @@ def test_save_and_load_errors_name_the_file_and_the_problem(tmp_path):
         minidl.load(tmp_path / "w.pth", map_location="cpu", device="cuda")
 
 
+@pytest.mark.parametrize("ext", EXTS)
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_damaged_files_raise_errors_naming_the_file(tmp_path_factory, ext, data):
+    """Truncated or byte-flipped files: load either returns or raises ValueError/TypeError (or
+    UnsafeCheckpointError) naming the file, never another exception."""
+    folder = tmp_path_factory.mktemp("damaged")
+    good = folder / f"good{ext}"
+    minidl.save({"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": 3}, good)
+    raw = bytearray(good.read_bytes())
+    if data.draw(st.booleans(), label="truncate"):
+        raw = raw[:data.draw(st.integers(0, len(raw) - 1), label="length")]
+    else:
+        for _ in range(data.draw(st.integers(1, 4), label="flips")):
+            i = data.draw(st.integers(0, len(raw) - 1), label="index")
+            raw[i] ^= data.draw(st.integers(1, 255), label="xor")
+    bad = folder / f"bad{ext}"
+    bad.write_bytes(bytes(raw))
+    try:
+        minidl.load(bad)
+    except (ValueError, TypeError, UnsafeCheckpointError) as e:
+        assert str(bad) in str(e), e
+
+
 def test_load_map_location_cpu(tmp_path):
     minidl.save({"a": np.arange(4.0)}, tmp_path / "w.safetensors")
     for kw in ({}, {"map_location": "cpu"}, {"device": "cpu"}):

@@ -292,6 +292,28 @@ def test_torch_load_reads_what_minidl_writes(tmp_path):
         np.testing.assert_array_equal(t.numpy(), a)
     assert got["epoch"] == 3 and got["lrs"] == [0.1, 0.01] and got["pair"] == (1, "a")
     assert got["none"] is None
+    mapped = torch.load(tmp_path / "w.pth", weights_only=True, mmap=True)
+    for k, a in arrays.items():
+        np.testing.assert_array_equal(mapped["state"][k].numpy(), a)
+
+
+def test_pth_records_start_at_64_byte_boundaries(tmp_path):
+    """As torch.save lays them out (.storage_alignment 64), so storages can be mapped in place:
+    each record's data offset = local header offset + 30 + name length + extra length."""
+    minidl.save({"a": np.arange(10.0), "b": np.ones((3, 3), np.float32), "c": np.ones(1)},
+                tmp_path / "w.pth")
+    with zipfile.ZipFile(tmp_path / "w.pth") as zf, open(tmp_path / "w.pth", "rb") as f:
+        infos = zf.infolist()
+        assert zf.read("w/.storage_alignment") == b"64"
+        for info in infos:
+            f.seek(info.header_offset)
+            head = f.read(30)
+            assert head[:4] == b"PK\x03\x04"
+            n, extra = struct.unpack("<HH", head[26:30])
+            assert (info.header_offset + 30 + n + extra) % 64 == 0, info.filename
+            assert info.compress_type == zipfile.ZIP_STORED
+    assert {i.filename for i in infos} >= {"w/data.pkl", "w/data/0", "w/data/1", "w/data/2",
+                                           "w/version", "w/byteorder"}
 
 
 def test_minidl_reads_what_torch_writes(tmp_path):

@@ -179,7 +179,8 @@ def test_styles_differ_after_a_drop_with_momentum():
 
 @pytest.mark.parametrize("kw", [dict(momentum=0.0), dict(momentum=0.9, weight_decay=1e-2),
                                 dict(momentum=0.9, dampening=0.3),
-                                dict(momentum=0.9, nesterov=True, weight_decay=5e-4)])
+                                dict(momentum=0.9, nesterov=True, weight_decay=5e-4),
+                                dict(momentum=0.5, weight_decay=1e-2, maximize=True)])
 def test_torch_style_matches_torch_optim_sgd(kw):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)

@@ -33,17 +33,21 @@ STYLES = ("torch", "paper")
 
 
 class SGD(Optimizer):
-    """``SGD(params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False, style="torch")``
+    """``SGD(params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False, style="torch",
+    *, maximize=False)``
+
+    ``maximize=True`` ascends (the gradient's sign flipped first), as torch's.
 
     ``params``: an iterable of Parameters, or of dicts (param groups) each with ``"params"`` and
     any of the hyperparameters above to override them for that group (e.g. the groups of
     :func:`minidl.optim.decay_groups`). The formulas are in the module docstring.
     """
 
-    def __init__(self, params, lr=required, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, style="torch"):
+    def __init__(self, params, lr=required, momentum=0, dampening=0, weight_decay=0,
+                 nesterov=False, style="torch", *, maximize=False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
-                        weight_decay=weight_decay, nesterov=nesterov, style=style)
+                        weight_decay=weight_decay, nesterov=nesterov, style=style,
+                        maximize=maximize)
         super().__init__(params, defaults)
 
     def _check_group(self, g):
@@ -74,6 +78,8 @@ class SGD(Optimizer):
                 grad = self._grad(p)
                 if grad is None:
                     continue
+                if g.get("maximize", False):
+                    grad = -grad
                 if g["style"] == "paper":
                     self._paper_update(p, grad, lr, m, wd)
                 else:

@@ -16,6 +16,7 @@ from minidl.ops import concatenate, stack, where  # noqa: F401
 from minidl import random  # noqa: F401
 from minidl.random import manual_seed  # noqa: F401
 from minidl.gradcheck import GradcheckError, gradcheck  # noqa: F401
+from minidl import autograd  # noqa: F401
 from minidl import cuda  # noqa: F401
 from minidl import functional, nn, optim, data, models  # noqa: F401
 from minidl.serialization import load, save  # noqa: F401

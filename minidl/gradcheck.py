@@ -78,7 +78,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, max_elements=400, n_di
 
     for i in checked:
         t = inputs[i]
-        n = t.size
+        n = t.numel()
         a = analytic[i]
         if n <= max_elements:
             numeric = np.zeros(t.shape)

@@ -13,6 +13,7 @@ Conventions for writers of Functions (here and in :mod:`minidl.functional`):
 """
 import builtins
 import operator
+from collections import namedtuple
 
 import numpy as np
 
@@ -86,6 +87,15 @@ def _norm_axis(axis, ndim, op="", shape=None):
     return out
 
 
+def dim_args(op, dim=None, axis=None, keepdim=None, keepdims=None):
+    """Merge PyTorch's ``dim``/``keepdim`` with NumPy's ``axis``/``keepdims`` (either spelling;
+    ``dim`` and ``axis`` not both): returns ``(dim, keepdim)``, keeping dims if either asks."""
+    if dim is not None and axis is not None:
+        raise TypeError(f"{op}: got both dim={dim!r} and axis={axis!r}; they are the same "
+                        "argument, pass one")
+    return (dim if dim is not None else axis), bool(keepdim or keepdims)
+
+
 def _expand_reduced(g, shape, axes, keepdims):
     """Broadcast a reduction's gradient back to the input ``shape``."""
     xp = backend.get_array_module(g)
@@ -115,6 +125,19 @@ class AsType(Function):
 
     def backward(self, gy):
         return gy.astype(self.src)
+
+
+class Clone(Function):
+    def forward(self, x):
+        return x.copy()
+
+    def backward(self, gy):
+        return gy
+
+
+def clone(x):
+    """A copy of ``x``'s data that stays in the graph."""
+    return Clone.apply(x)
 
 
 def to_device(x, device):
@@ -496,20 +519,63 @@ class Max(Function):
         return mask * (g / count)
 
 
-def sum(x, axis=None, keepdims=False):
+class IndexReduce(Function):
+    """max/min along one dim at given indices (PyTorch's ``max(dim)``): the gradient goes to the
+    selected element only (the first of tied maxima, as the indices say)."""
+
+    def forward(self, x, axis, keepdims, idx):
+        xp = backend.get_array_module(x)
+        self.shape, self.axis, self.keepdims, self.idx = x.shape, axis, keepdims, idx
+        y = xp.take_along_axis(x, idx, axis=axis)
+        return y if keepdims else y.squeeze(axis)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        g = gy if self.keepdims else xp.expand_dims(gy, self.axis)
+        pos = xp.arange(self.shape[self.axis]).reshape(
+            [-1 if i == self.axis else 1 for i in range(len(self.shape))])
+        return xp.where(pos == self.idx, g, xp.zeros((), dtype=gy.dtype))
+
+
+ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
+ValuesIndices.__doc__ = "What ``Tensor.max(dim)`` / ``min(dim)`` return, as torch's return types."
+
+
+def sum(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """Sum over ``axis``/``dim`` (all by default)."""
+    axis, keepdims = dim_args("sum", dim, axis, keepdim, keepdims)
     return Sum.apply(x, axis=axis, keepdims=keepdims)
 
 
-def mean(x, axis=None, keepdims=False):
+def mean(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """Mean over ``axis``/``dim`` (all by default)."""
+    axis, keepdims = dim_args("mean", dim, axis, keepdim, keepdims)
     return Mean.apply(x, axis=axis, keepdims=keepdims)
 
 
 def max(x, axis=None, keepdims=False):
+    """Largest values over ``axis`` (NumPy's amax; ties share the gradient)."""
     return Max.apply(x, axis=axis, keepdims=keepdims, mode="max")
 
 
 def min(x, axis=None, keepdims=False):
+    """Smallest values over ``axis`` (NumPy's amin; ties share the gradient)."""
     return Max.apply(x, axis=axis, keepdims=keepdims, mode="min")
+
+
+def max_dim(x, dim, keepdim=False, mode="max"):
+    """PyTorch's ``max(x, dim)``: ``(values, indices)``; the gradient reaches the indexed
+    elements only. ``mode="min"`` for ``min(x, dim)``."""
+    d = check_dim(dim, x.ndim, mode, x.shape)
+    if x.ndim == 0:
+        x = reshape(x, 1)
+    if x.shape[d] == 0:
+        raise IndexError(f"{mode}(dim={dim}): the dimension is empty in shape {x.shape}")
+    xa = x.data
+    idx = xa.argmax(axis=d, keepdims=True) if mode == "max" else xa.argmin(axis=d, keepdims=True)
+    idx = idx.astype(np.int64)
+    values = IndexReduce.apply(x, axis=d, keepdims=keepdim, idx=idx)
+    return ValuesIndices(values, Tensor._make(idx if keepdim else idx.squeeze(d)))
 
 
 def var(x, axis=None, keepdims=False, ddof=0):
@@ -520,18 +586,20 @@ def var(x, axis=None, keepdims=False, ddof=0):
     return sum(d * d, axis=axes, keepdims=keepdims) / builtins.max(n - ddof, 1)
 
 
-def argmax(x, axis=None):
-    """Indices of the maxima (no gradient; int64)."""
+def argmax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """Indices of the maxima (no gradient; int64); over the flattened tensor by default."""
+    axis, keepdims = dim_args("argmax", dim, axis, keepdim, keepdims)
     if axis is not None:
         axis = check_dim(axis, x.ndim, "argmax", x.shape)
-    return Tensor._make(x.data.argmax(axis=axis).astype(np.int64))
+    return Tensor._make(x.data.argmax(axis=axis, keepdims=keepdims).astype(np.int64))
 
 
-def argmin(x, axis=None):
-    """Indices of the minima (no gradient; int64)."""
+def argmin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
+    """Indices of the minima (no gradient; int64); over the flattened tensor by default."""
+    axis, keepdims = dim_args("argmin", dim, axis, keepdim, keepdims)
     if axis is not None:
         axis = check_dim(axis, x.ndim, "argmin", x.shape)
-    return Tensor._make(x.data.argmin(axis=axis).astype(np.int64))
+    return Tensor._make(x.data.argmin(axis=axis, keepdims=keepdims).astype(np.int64))
 
 
 def compare(a, b, op):
@@ -713,8 +781,9 @@ def pad(x, pad_width, value=0.0):
     return Pad.apply(x, pad_width=pad_width, value=value)
 
 
-def concatenate(tensors, axis=0):
-    """Join tensors along an existing axis (differentiable)."""
+def concatenate(tensors, axis=0, *, dim=None):
+    """Join tensors along an existing axis (``dim=`` as torch.cat; differentiable)."""
+    axis = dim_args("concatenate", dim, None if dim is not None else axis)[0]
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
     if not tensors:
         raise ValueError("concatenate: need at least one tensor")
@@ -729,8 +798,9 @@ def concatenate(tensors, axis=0):
     return Concatenate.apply(*tensors, axis=ax)
 
 
-def stack(tensors, axis=0):
-    """Join tensors of one shape along a new axis (differentiable)."""
+def stack(tensors, axis=0, *, dim=None):
+    """Join tensors of one shape along a new axis (``dim=`` as torch.stack; differentiable)."""
+    axis = dim_args("stack", dim, None if dim is not None else axis)[0]
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
     if not tensors:
         raise ValueError("stack: need at least one tensor")

@@ -337,7 +337,7 @@ class Tensor:
       as default; pass ``device`` explicitly to move.
 
     Attributes: ``.data`` (the array), ``.grad`` (a Tensor or None), ``.shape``, ``.dtype``,
-    ``.device``, ``.ndim``, ``.size``, ``.requires_grad``, ``.is_leaf``, ``.grad_fn``,
+    ``.device``, ``.ndim``, ``.requires_grad``, ``.is_leaf``, ``.grad_fn``,
     ``._version`` (the in-place change counter, see :attr:`data`).
 
     In-place methods (``add_``, ``sub_``, ``mul_``, ``div_``, ``clamp_``, ``copy_``, ``fill_``,
@@ -411,10 +411,6 @@ class Tensor:
     @property
     def ndim(self):
         return self._data.ndim
-
-    @property
-    def size(self):
-        return int(self._data.size)
 
     @property
     def device(self):
@@ -610,7 +606,7 @@ class Tensor:
 
     def item(self):
         """The value of a one-element tensor as a Python number."""
-        if self.size != 1:
+        if self._data.size != 1:
             raise ValueError(f"item() needs a tensor with one element, this one has shape "
                              f"{self.shape}")
         return self._data.reshape(()).item()
@@ -621,9 +617,20 @@ class Tensor:
     def to(self, device=None, dtype=None):
         """A tensor on ``device`` and/or of ``dtype`` (self when nothing changes).
 
-        Differentiable: gradients flow back to the original device and dtype.
+        As in PyTorch, ``x.to(np.float64)`` (a dtype as the first argument) and ``x.to(other)``
+        (another Tensor's device and dtype) work too. Differentiable: gradients flow back to
+        the original device and dtype.
         """
-        from minidl import ops
+        if isinstance(device, Tensor):
+            device, dtype = device.device, device.dtype if dtype is None else dtype
+        elif device is not None and not (isinstance(device, str) and
+                                         device.split(":")[0] in ("cpu", "cuda")):
+            try:
+                as_dtype = np.dtype(device)
+            except TypeError:
+                as_dtype = None
+            if as_dtype is not None and dtype is None:
+                device, dtype = None, as_dtype
         out = self
         if device is not None and backend.normalize_device(device) != self.device:
             out = ops.to_device(out, device=backend.normalize_device(device))
@@ -672,7 +679,7 @@ class Tensor:
                                "ran under no_grad()")
         xp = backend.get_array_module(self._data)
         if grad is None:
-            if self.size != 1:
+            if self._data.size != 1:
                 raise RuntimeError(f"backward() without a grad argument needs a one-element "
                                    f"output, got shape {self.shape}; pass grad= with that shape")
             g = xp.ones(self.shape, dtype=self.dtype)
@@ -749,7 +756,7 @@ class Tensor:
         return "tensor(" + body + "".join(", " + e for e in extra) + ")"
 
     def __bool__(self):
-        if self.size != 1:
+        if self._data.size != 1:
             raise ValueError(f"the truth value of a tensor with shape {self.shape} is ambiguous")
         return bool(self.item())
 
@@ -792,21 +799,161 @@ class Tensor:
     def __gt__(self, other): return ops.compare(self, other, "gt")
     def __ge__(self, other): return ops.compare(self, other, "ge")
 
-    # -- methods: NumPy names and arguments ---------------------------------------------------
-    def sum(self, axis=None, keepdims=False): return ops.sum(self, axis=axis, keepdims=keepdims)
-    def mean(self, axis=None, keepdims=False): return ops.mean(self, axis=axis, keepdims=keepdims)
-    def max(self, axis=None, keepdims=False): return ops.max(self, axis=axis, keepdims=keepdims)
-    def min(self, axis=None, keepdims=False): return ops.min(self, axis=axis, keepdims=keepdims)
-    def var(self, axis=None, keepdims=False, ddof=0): return ops.var(self, axis, keepdims, ddof)
-    def argmax(self, axis=None): return ops.argmax(self, axis=axis)
-    def argmin(self, axis=None): return ops.argmin(self, axis=axis)
-    def reshape(self, *shape): return ops.reshape(self, *shape)
-    def view(self, *shape): return ops.reshape(self, *shape)
-    def transpose(self, *axes): return ops.transpose(self, *axes)
-    def permute(self, *axes): return ops.transpose(self, *axes)
-    def flatten(self, start_dim=0, end_dim=-1): return ops.flatten(self, start_dim, end_dim)
-    def squeeze(self, axis=None): return ops.squeeze(self, axis)
-    def unsqueeze(self, axis): return ops.unsqueeze(self, axis)
+    # -- methods: PyTorch's names and arguments (NumPy's axis=/keepdims= also accepted) -------
+    def size(self, dim=None):
+        """The shape as a tuple (``size()``), or the length of one dimension (``size(d)``)."""
+        if dim is None:
+            return tuple(self._data.shape)
+        return self._data.shape[ops.check_dim(dim, self.ndim, "size", self.shape)]
+
+    def numel(self):
+        """The number of elements."""
+        return int(self._data.size)
+
+    def dim(self):
+        """The number of dimensions (``ndim``)."""
+        return self._data.ndim
+
+    def sum(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """Sum over ``dim`` (an int or a tuple; all dimensions by default)."""
+        return ops.sum(self, *ops.dim_args("sum", dim, axis, keepdim, keepdims))
+
+    def mean(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """Mean over ``dim`` (an int or a tuple; all dimensions by default)."""
+        return ops.mean(self, *ops.dim_args("mean", dim, axis, keepdim, keepdims))
+
+    def max(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """PyTorch's ``max``: ``x.max()`` is the largest value (ties share the gradient);
+        ``x.max(dim)`` returns ``(values, indices)`` (a namedtuple; the gradient goes to the
+        indexed elements); ``x.max(other)`` with a Tensor is the elementwise maximum.
+        NumPy's spelling ``x.max(axis=1)`` keeps NumPy's meaning: the values only."""
+        return self._extreme("max", dim, keepdim, axis, keepdims)
+
+    def min(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """PyTorch's ``min``: see :meth:`max`."""
+        return self._extreme("min", dim, keepdim, axis, keepdims)
+
+    def _extreme(self, mode, dim, keepdim, axis, keepdims):
+        if isinstance(dim, Tensor):
+            return ops.maximum(self, dim) if mode == "max" else ops.minimum(self, dim)
+        if axis is not None or dim is None:
+            axis, keep = ops.dim_args(mode, dim, axis, keepdim if dim is not None else None,
+                                      keepdims)
+            return ops.Max.apply(self, axis=axis, keepdims=keep or bool(keepdim), mode=mode)
+        if isinstance(dim, (tuple, list)):
+            raise TypeError(f"{mode}(dim): dim must be one int for (values, indices), got {dim}; "
+                            f"use amax/amin or {mode}(axis=...) for several dimensions")
+        return ops.max_dim(self, dim, bool(keepdim or keepdims), mode)
+
+    def amax(self, dim=None, keepdim=False):
+        """Largest values over ``dim`` (an int or tuple); tied maxima share the gradient."""
+        return ops.max(self, dim, keepdim)
+
+    def amin(self, dim=None, keepdim=False):
+        """Smallest values over ``dim`` (an int or tuple); tied minima share the gradient."""
+        return ops.min(self, dim, keepdim)
+
+    def var(self, dim=None, keepdim=False, *, unbiased=None, correction=None, axis=None,
+            keepdims=None, ddof=None):
+        """Variance over ``dim``. PyTorch's default is the unbiased estimate (``correction=1``);
+        NumPy's spelling (``axis=``, or ``ddof=``) keeps NumPy's default ``ddof=0``."""
+        d, keep = ops.dim_args("var", dim, axis, keepdim, keepdims)
+        given = [v for v in (ddof, correction) if v is not None]
+        if unbiased is not None:
+            given.append(1 if unbiased else 0)
+        if len(given) > 1:
+            raise TypeError("var: pass one of ddof=, correction=, unbiased=")
+        c = given[0] if given else (0 if axis is not None else 1)
+        return ops.var(self, d, keep, c)
+
+    def std(self, dim=None, keepdim=False, *, unbiased=None, correction=None, axis=None,
+            keepdims=None, ddof=None):
+        """Standard deviation: the square root of :meth:`var` (same arguments and defaults)."""
+        return self.var(dim, keepdim, unbiased=unbiased, correction=correction, axis=axis,
+                        keepdims=keepdims, ddof=ddof).sqrt()
+
+    def argmax(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """Index of the largest value (over the flattened tensor by default)."""
+        return ops.argmax(self, *ops.dim_args("argmax", dim, axis, keepdim, keepdims))
+
+    def argmin(self, dim=None, keepdim=False, *, axis=None, keepdims=None):
+        """Index of the smallest value (over the flattened tensor by default)."""
+        return ops.argmin(self, *ops.dim_args("argmin", dim, axis, keepdim, keepdims))
+
+    def reshape(self, *shape):
+        return ops.reshape(self, *shape)
+
+    def view(self, *shape):
+        """As :meth:`reshape` (minidl tensors have no strides to share; the result may be a
+        NumPy view or a copy, and its version counter is its own)."""
+        return ops.reshape(self, *shape)
+
+    def view_as(self, other):
+        return ops.reshape(self, other.shape)
+
+    def reshape_as(self, other):
+        return ops.reshape(self, other.shape)
+
+    def transpose(self, *dims):
+        """PyTorch's ``transpose(dim0, dim1)`` swaps two dimensions. With no arguments it
+        reverses them, and with a full permutation (three or more dims) it permutes, as NumPy."""
+        if len(dims) == 2 and all(not isinstance(d, (tuple, list)) for d in dims):
+            d0 = ops.check_dim(dims[0], self.ndim, "transpose", self.shape)
+            d1 = ops.check_dim(dims[1], self.ndim, "transpose", self.shape)
+            perm = list(range(self.ndim))
+            perm[d0], perm[d1] = perm[d1], perm[d0]
+            return ops.transpose(self, *perm)
+        return ops.transpose(self, *dims)
+
+    def t(self):
+        """Transpose of a tensor with at most 2 dimensions."""
+        if self.ndim > 2:
+            raise ValueError(f"t() expects a tensor with <= 2 dimensions, got shape {self.shape}")
+        return ops.transpose(self) if self.ndim == 2 else self
+
+    def permute(self, *dims):
+        """Reorder the dimensions: ``x.permute(0, 2, 1)``."""
+        return ops.transpose(self, *dims)
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        return ops.flatten(self, start_dim, end_dim)
+
+    def squeeze(self, dim=None, *, axis=None):
+        return ops.squeeze(self, ops.dim_args("squeeze", dim, axis)[0])
+
+    def unsqueeze(self, dim=None, *, axis=None):
+        d = ops.dim_args("unsqueeze", dim, axis)[0]
+        if d is None:
+            raise TypeError("unsqueeze() missing the dim argument")
+        return ops.unsqueeze(self, d)
+
+    def expand(self, *sizes):
+        """Broadcast to ``sizes`` (-1 keeps a dimension), as PyTorch's ``expand``; the result
+        is a copy in minidl (gradients are summed back)."""
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = tuple(sizes[0])
+        lead = len(sizes) - self.ndim
+        if lead < 0:
+            raise ValueError(f"expand: {len(sizes)} sizes for a tensor of shape {self.shape}")
+        shape = tuple(self.shape[i - lead] if n == -1 and i >= lead else int(n)
+                      for i, n in enumerate(sizes))
+        xp = backend.get_array_module(self._data)
+        return self + Tensor._make(xp.zeros(shape, dtype=self.dtype))
+
+    def clone(self):
+        """A copy of the data that stays in the graph (gradients flow back to this tensor)."""
+        return ops.clone(self)
+
+    def contiguous(self):
+        return self
+
+    def clamp(self, min=None, max=None):
+        """Limit the values to [min, max] (either may be None)."""
+        return ops.clip(self, min, max)
+
+    def clip(self, min=None, max=None):
+        return ops.clip(self, min, max)
+
     def exp(self): return ops.exp(self)
     def log(self): return ops.log(self)
     def sqrt(self): return ops.sqrt(self)
@@ -814,9 +961,46 @@ class Tensor:
     def sigmoid(self): return ops.sigmoid(self)
     def relu(self): return ops.relu(self)
     def abs(self): return ops.abs(self)
-    def clip(self, min=None, max=None): return ops.clip(self, min, max)
+    def neg(self): return ops.neg(self)
+    def add(self, other, alpha=1): return ops.add(self, other if alpha == 1 else other * alpha)
+    def sub(self, other, alpha=1): return ops.sub(self, other if alpha == 1 else other * alpha)
+    def mul(self, other): return ops.mul(self, other)
+    def div(self, other): return ops.div(self, other)
+    def pow(self, exponent): return ops.pow(self, exponent)
     def pad(self, pad_width, value=0.0): return ops.pad(self, pad_width, value)
     def matmul(self, other): return ops.matmul(self, other)
+    def mm(self, other): return ops.matmul(self, other)
+
+    def softmax(self, dim):
+        from minidl.functional import softmax
+        return softmax(self, dim)
+
+    def log_softmax(self, dim):
+        from minidl.functional import log_softmax
+        return log_softmax(self, dim)
+
+    # comparisons by name (no gradient; boolean tensors)
+    def eq(self, other): return ops.compare(self, other, "eq")
+    def ne(self, other): return ops.compare(self, other, "ne")
+    def lt(self, other): return ops.compare(self, other, "lt")
+    def le(self, other): return ops.compare(self, other, "le")
+    def gt(self, other): return ops.compare(self, other, "gt")
+    def ge(self, other): return ops.compare(self, other, "ge")
+
+    def equal(self, other):
+        """True when ``other`` has this shape and the same values (PyTorch's ``equal``)."""
+        return isinstance(other, Tensor) and self.shape == other.shape and \
+            bool((self._data == other._data).all())
+
+    # dtype conversions (differentiable for floating targets, as ``to(dtype=...)``)
+    def long(self): return self.to(dtype=np.int64)
+    def int(self): return self.to(dtype=np.int32)
+    def bool(self): return self.to(dtype=np.bool_)
+    def half(self): return self.to(dtype=np.float16)
+
+    def type_as(self, other):
+        """This tensor in ``other``'s dtype."""
+        return self.to(dtype=other.dtype)
 
 
 def _topological_order(root):

@@ -39,7 +39,7 @@ def test_kaiming_satisfies_the_prelu_paper_condition(shape, mode, a, fn):
     t = getattr(init, fn)(_p(shape), a=a, mode=mode)
     n = FANS[shape][0 if mode == "fan_in" else 1]
     assert 0.5 * (1 + a * a) * n * _var(t) == pytest.approx(1.0, rel=RTOL)
-    assert abs(_mean(t)) < 4 * math.sqrt(_var(t) / t.size)
+    assert abs(_mean(t)) < 4 * math.sqrt(_var(t) / t.numel())
     if fn == "kaiming_uniform_":
         bound = math.sqrt(3.0 * 2.0 / ((1 + a * a) * n))
         assert np.abs(t.numpy()).max() <= bound and np.abs(t.numpy()).max() > 0.99 * bound

@@ -221,7 +221,7 @@ class Module:
 
     def num_parameters(self, trainable_only=False):
         """Total number of parameter elements."""
-        return int(sum(p.size for p in self.parameters()
+        return int(sum(p.numel() for p in self.parameters()
                        if p.requires_grad or not trainable_only))
 
     # -- modes and devices -------------------------------------------------------------------

@@ -29,7 +29,8 @@ def append_jsonl(path, record):
 
 
 def _plain(v):
-    if hasattr(v, "item") and callable(v.item) and getattr(v, "size", 1) == 1:
+    n = v.numel() if callable(getattr(v, "numel", None)) else getattr(v, "size", 1)
+    if hasattr(v, "item") and callable(v.item) and n == 1:
         return v.item()
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]

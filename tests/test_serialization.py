@@ -180,6 +180,24 @@ def test_load_map_location_cuda(tmp_path, device):
     np.testing.assert_array_equal(out["a"].numpy(), np.arange(4.0))
 
 
+def test_safetensors_bfloat16_reads_as_float32_and_plain_npz_reads(tmp_path):
+    """A .safetensors file assembled here (BF16 bit patterns of 1.5, -2.0, 3.25 and a 2x2
+    F16), and an .npz written by NumPy itself."""
+    header = (b'{"h":{"dtype":"BF16","shape":[3],"data_offsets":[0,6]},'
+              b'"f":{"dtype":"F16","shape":[2,2],"data_offsets":[6,14]}}')
+    body = struct.pack("<3H", 0x3FC0, 0xC000, 0x4050) + np.array(
+        [[1, 2], [3, 4]], "<f2").tobytes()
+    (tmp_path / "bf.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + body)
+    out = minidl.load(tmp_path / "bf.safetensors")
+    _check_same(out["h"], np.array([1.5, -2.0, 3.25], np.float32))
+    _check_same(out["f"], np.array([[1, 2], [3, 4]], np.float16))
+    np.savez(tmp_path / "plain.npz", w=np.ones((2, 2)), idx=np.arange(3, dtype=np.int32))
+    out = minidl.load(tmp_path / "plain.npz")
+    assert list(out) == ["w", "idx"]
+    _check_same(out["w"], np.ones((2, 2)))
+    _check_same(out["idx"], np.arange(3, dtype=np.int32))
+
+
 # ---------------------------------------------------------------------------------------------
 # .pth read without torch: a checkpoint assembled here byte by byte
 

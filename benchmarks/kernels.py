@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from minidl import backend  # noqa: E402
 from minidl.cuda import kernels as K  # noqa: E402
+from minidl.geometry import conv_output_size, pool_output_size  # noqa: E402
 
 # AlexNet (227x227 input) layer shapes, per image: (C, H, W) of the tensor the op reads.
 ALEXNET = {
@@ -90,7 +91,7 @@ def _cases(batch, ops):
         for name, chw in POOL_SHAPES.items():
             shape = (batch,) + chw
             n = int(np.prod(shape))
-            o = K.pool_output_size(chw[1], 3, 2, 0, False)
+            o = pool_output_size(chw[1], 3, 2, 0, False)
             m = batch * chw[0] * o * o
             cases.append(dict(
                 op="max_pool2d_forward", layer=name, shape=shape, bytes=4 * n + 8 * m,
@@ -134,7 +135,7 @@ def _cases(batch, ops):
             xs = (batch,) + spec["x"]
             F, Cg, KH, KW = spec["w"]
             s, p, g = spec["stride"], spec["padding"], spec["groups"]
-            OH = K.conv_output_size(xs[2], KH, s, p, 1)
+            OH = conv_output_size(xs[2], KH, s, p, 1)
             n_x = int(np.prod(xs))
             n_col = batch * xs[1] * KH * KW * OH * OH
             flops = 2 * batch * F * Cg * KH * KW * OH * OH

@@ -350,7 +350,7 @@ class Sqrt(Function):
         return gy / (2 * y)
 
 
-class Tanh(Function):
+class TanhFunction(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
         y = xp.tanh(x)
@@ -362,7 +362,7 @@ class Tanh(Function):
         return gy * (1 - y * y)
 
 
-class Sigmoid(Function):
+class SigmoidFunction(Function):
     def forward(self, x):
         xp = backend.get_array_module(x)
         # numerically stable for large |x|: 0.5 * (1 + tanh(x/2))
@@ -376,7 +376,7 @@ class Sigmoid(Function):
         return gy * y * (1 - y)
 
 
-class ReLU(Function):
+class ReLUFunction(Function):
     """max(0, x); the gradient at x = 0 is 0 (x <= 0 is the inactive side)."""
 
     def forward(self, x):
@@ -437,15 +437,15 @@ def sqrt(x):
 
 
 def tanh(x):
-    return Tanh.apply(x)
+    return TanhFunction.apply(x)
 
 
 def sigmoid(x):
-    return Sigmoid.apply(x)
+    return SigmoidFunction.apply(x)
 
 
 def relu(x):
-    return ReLU.apply(x)
+    return ReLUFunction.apply(x)
 
 
 def clip(x, min=None, max=None):

@@ -183,6 +183,12 @@ def test_dropout_flatten_identity():
     assert nn.Identity(54, unused=1)(x) is x
 
 
+def test_dropout_inplace_is_refused_not_ignored():
+    with pytest.raises(NotImplementedError, match="inplace=True"):
+        nn.Dropout(0.5, inplace=True)
+    assert "inplace=False" in repr(nn.Dropout(0.5))
+
+
 def test_small_alexnet_like_stack_trains_one_step():
     minidl.manual_seed(0)
     net = nn.Sequential(

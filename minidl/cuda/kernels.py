@@ -11,7 +11,8 @@ Every wrapper takes arrays of ONE kind and runs the same CUDA source either way:
 Inputs may be non-contiguous or of another float dtype than the first array: they are made
 C-contiguous in the dtype of the main input (float32 or float64 -- every kernel has both
 variants, ``name_f32``/``name_f64``); any other dtype raises TypeError. Pairs (kernel_size,
-stride, padding, dilation) are ints or (h, w) tuples. Layout is NCHW throughout.
+stride, padding, dilation) are ints or (h, w) tuples. Layout is NCHW throughout. The geometry
+(pairs, output sizes, argument checks) is :mod:`minidl.geometry`'s, the same the NumPy ops use.
 
 All indices inside the kernels are 32-bit. Elementwise kernels, pooling and LRN require fewer than
 ``INDEX_LIMIT`` (about 2^31) elements per array and raise ValueError beyond; im2col-based
@@ -29,8 +30,10 @@ import os
 import numpy as np
 
 from minidl import backend
+from minidl.geometry import conv_geometry, pair, pool_geometry
 
 BLOCK = 256
+GRID_WAVES = 4  # on a GPU, at most this many times the blocks the device holds at once
 INDEX_LIMIT = 2 ** 31 - 2 ** 26  # headroom so i + blockDim*gridDim cannot overflow an int
 _limits = {
     "max_blocks": int(os.environ.get("MINIDL_MAX_BLOCKS", "65535")),
@@ -123,15 +126,6 @@ def _prep(xp, a, dtype):
     return xp.ascontiguousarray(a, dtype=dtype)
 
 
-def _pair(v, what):
-    if isinstance(v, (int, np.integer)):
-        v = (int(v), int(v))
-    v = tuple(int(e) for e in v)
-    if len(v) != 2:
-        raise ValueError(f"{what} must be an int or a pair (h, w), got {v}")
-    return v
-
-
 def _i32(v, what="value"):
     v = int(v)
     if not -2 ** 31 <= v < 2 ** 31:
@@ -171,13 +165,10 @@ def _gpu_block_cap(xp):
     dev = xp.cuda.Device()
     cap = _resident_blocks.get(dev.id)
     if cap is None:
-        attrs = dev.attributes
-        per_sm = max(1, attrs.get("MaxThreadsPerMultiProcessor", 2048) // BLOCK)
-        cap = _resident_blocks[dev.id] = attrs.get("MultiProcessorCount", 80) * per_sm
+        attrs = dev.attributes  # CUDA reports both attributes on every device
+        per_sm = max(1, attrs["MaxThreadsPerMultiProcessor"] // BLOCK)
+        cap = _resident_blocks[dev.id] = attrs["MultiProcessorCount"] * per_sm
     return GRID_WAVES * cap
-
-
-GRID_WAVES = 4
 
 
 def _grid(n_work, xp=np):
@@ -195,24 +186,6 @@ def _launch(xp, filename, name, n_work, args, grid=None, block=BLOCK, shared_mem
 
 
 # ---- im2col / col2im / convolution -------------------------------------------------------------
-
-def conv_output_size(size, k, s, p, d):
-    """torch's output size of a convolution along one axis."""
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-def _conv_geometry(H, W, kernel_size, stride, padding, dilation):
-    (KH, KW), (SH, SW) = _pair(kernel_size, "kernel_size"), _pair(stride, "stride")
-    (PH, PW), (DH, DW) = _pair(padding, "padding"), _pair(dilation, "dilation")
-    if min(KH, KW, SH, SW, DH, DW) < 1 or min(PH, PW) < 0:
-        raise ValueError(f"invalid convolution geometry: kernel {(KH, KW)}, stride {(SH, SW)}, "
-                         f"padding {(PH, PW)}, dilation {(DH, DW)}")
-    OH, OW = conv_output_size(H, KH, SH, PH, DH), conv_output_size(W, KW, SW, PW, DW)
-    if OH < 1 or OW < 1:
-        raise ValueError(f"input {H}x{W} is too small for kernel {(KH, KW)} with padding "
-                         f"{(PH, PW)} and dilation {(DH, DW)} (output {OH}x{OW})")
-    return (KH, KW, SH, SW, PH, PW, DH, DW, OH, OW)
-
 
 def _batch_chunk(N, col_elems, x_elems, itemsize=None):
     """How many images one launch may take: their column buffer (col_elems per image) and
@@ -265,8 +238,8 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     dt = _float_dtype(x, "x")
     x = _prep(xp, x, dt)
     N, C, H, W = x.shape
-    geo = _conv_geometry(H, W, kernel_size, stride, padding, dilation)
-    KH, KW, OH, OW = geo[0], geo[1], geo[8], geo[9]
+    geo = conv_geometry("im2col", x.shape, kernel_size, stride, padding, dilation)
+    KH, KW, OH, OW = geo.kh, geo.kw, geo.oh, geo.ow
     col = xp.empty((N, C * KH * KW, OH * OW), dtype=dt)
     step = _batch_chunk(N, C * KH * KW * OH * OW, C * H * W)  # indices only: col is the result
     for n0 in range(0, N, step):
@@ -282,9 +255,9 @@ def col2im(col, output_size, kernel_size, stride=1, padding=0, dilation=1):
         raise ValueError(f"col2im expects col of shape (N, C*KH*KW, L), got {col.shape}")
     dt = _float_dtype(col, "col")
     col = _prep(xp, col, dt)
-    H, W = _pair(output_size, "output_size")
-    geo = _conv_geometry(H, W, kernel_size, stride, padding, dilation)
-    KH, KW, OH, OW = geo[0], geo[1], geo[8], geo[9]
+    H, W = pair(output_size, "output_size", 1)
+    geo = conv_geometry("col2im", (H, W), kernel_size, stride, padding, dilation)
+    KH, KW, OH, OW = geo.kh, geo.kw, geo.oh, geo.ow
     N, rows, L = col.shape
     if rows % (KH * KW) or L != OH * OW:
         raise ValueError(f"col of shape {col.shape} does not match kernel {(KH, KW)} and output "
@@ -309,7 +282,7 @@ def _conv_setup(x, w, stride, padding, dilation, groups, extra=()):
     if groups < 1 or C % groups or F % groups or Cg != C // groups:
         raise ValueError(f"conv2d: x has {C} channels, w has shape {w.shape}, groups={groups}: "
                          "need C and F divisible by groups and w.shape[1] == C/groups")
-    geo = _conv_geometry(H, W, (KH, KW), stride, padding, dilation)
+    geo = conv_geometry("conv2d", x.shape, (KH, KW), stride, padding, dilation)
     return xp, dt, geo, groups
 
 
@@ -338,7 +311,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     x, w = _prep(xp, x, dt), _prep(xp, w, dt)
     N, C, H, W = x.shape
     F = w.shape[0]
-    KH, KW, OH, OW = geo[0], geo[1], geo[8], geo[9]
+    KH, KW, OH, OW = geo.kh, geo.kw, geo.oh, geo.ow
     K, L, Fg = (C // groups) * KH * KW, OH * OW, F // groups
     if b is not None:
         if b.shape != (F,):
@@ -377,7 +350,7 @@ def conv2d_backward(x, w, gy, stride=1, padding=0, dilation=1, groups=1, need_x=
     x, w = _prep(xp, x, dt), _prep(xp, w, dt)
     N, C, H, W = x.shape
     F = w.shape[0]
-    KH, KW, OH, OW = geo[0], geo[1], geo[8], geo[9]
+    KH, KW, OH, OW = geo.kh, geo.kw, geo.oh, geo.ow
     K, L, Fg = (C // groups) * KH * KW, OH * OW, F // groups
     if gy.shape != (N, F, OH, OW):
         raise ValueError(f"conv2d_backward: gy has shape {gy.shape}, expected {(N, F, OH, OW)}")
@@ -488,41 +461,18 @@ def lrn_backward(x, y, scale, gy, size, alpha=1e-4, beta=0.75, chunk=None):
 
 # ---- pooling ---------------------------------------------------------------------------------
 
-def pool_output_size(size, k, s, p, ceil_mode):
-    """torch's pooling output size along one axis (a last ceil_mode window that would start in
-    the right/bottom padding is dropped)."""
-    num = size + 2 * p - (k - 1) - 1
-    out = (-(-num // s) if ceil_mode else num // s) + 1
-    if ceil_mode and (out - 1) * s >= size + p:
-        out -= 1
-    return out
-
-
-def _pool_geometry(shape, kernel_size, stride, padding, ceil_mode):
-    if len(shape) != 4:
-        raise ValueError(f"pooling expects (N, C, H, W), got shape {tuple(shape)}")
-    N, C, H, W = (int(v) for v in shape)
-    KH, KW = _pair(kernel_size, "kernel_size")
-    no_stride = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
-    SH, SW = (KH, KW) if no_stride else _pair(stride, "stride")
-    PH, PW = _pair(padding, "padding")
-    if min(KH, KW, SH, SW) < 1 or min(PH, PW) < 0:
-        raise ValueError(f"invalid pooling: kernel {(KH, KW)}, stride {(SH, SW)}, padding {(PH, PW)}")
-    if PH > KH // 2 or PW > KW // 2:
-        raise ValueError(f"pooling padding {(PH, PW)} must be at most half the kernel "
-                         f"{(KH, KW)} (as torch)")
-    OH = pool_output_size(H, KH, SH, PH, ceil_mode)
-    OW = pool_output_size(W, KW, SW, PW, ceil_mode)
-    if OH < 1 or OW < 1:
-        raise ValueError(f"input {H}x{W} too small for pooling kernel {(KH, KW)} (output {OH}x{OW})")
-    _check_index(N * C * H * W, "the pooling input")
-    _check_index(N * C * OH * OW, "the pooling output")
-    return N, C, H, W, OH, OW, KH, KW, SH, SW, PH, PW
+def _pool_geometry(name, shape, kernel_size, stride, padding, ceil_mode):
+    """:func:`minidl.geometry.pool_geometry`, plus the kernels' 32-bit index limit."""
+    g = pool_geometry(name, shape, kernel_size, stride, padding, ceil_mode)
+    _check_index(g.n * g.c * g.h * g.w, "the pooling input")
+    _check_index(g.n * g.c * g.oh * g.ow, "the pooling output")
+    return g
 
 
 def _shape_args(g):
-    N, C, H, W, OH, OW, KH, KW, SH, SW, PH, PW = g
-    return tuple(_i32(v) for v in (N * C, H, W, OH, OW, KH, KW, SH, SW, PH, PW))
+    """The pooling kernels' shape arguments: planes N*C, H, W, OH, OW, KH, KW, SH, SW, PH, PW."""
+    return tuple(_i32(v) for v in (g.n * g.c, g.h, g.w, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw,
+                                   g.ph, g.pw))
 
 
 def _pool_divs(g):
@@ -539,10 +489,9 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     xp = _array_module(x)
     dt = _float_dtype(x, "x")
     x = _prep(xp, x, dt)
-    g = _pool_geometry(x.shape, kernel_size, stride, padding, ceil_mode)
-    N, C, _, _, OH, OW = g[:6]
-    y = xp.empty((N, C, OH, OW), dtype=dt)
-    argmax = xp.empty((N, C, OH, OW), dtype=np.int32)
+    g = _pool_geometry("max_pool2d", x.shape, kernel_size, stride, padding, ceil_mode)
+    y = xp.empty(g.output_shape, dtype=dt)
+    argmax = xp.empty(g.output_shape, dtype=np.int32)
     _launch(xp, "pooling.cu", "max_pool2d_forward_" + _suffix(dt), y.size,
             (x, y, argmax, *_shape_args(g), *_pool_divs(g)))
     return y, argmax
@@ -554,13 +503,13 @@ def max_pool2d_backward(gy, argmax, input_shape, kernel_size, stride=None, paddi
     gathered from the at most ceil(k/s)^2 windows covering it (no atomics)."""
     xp = _array_module(gy, argmax)
     dt = _float_dtype(gy, "gy")
-    g = _pool_geometry(input_shape, kernel_size, stride, padding, ceil_mode)
-    N, C, H, W, OH, OW = g[:6]
-    if gy.shape != (N, C, OH, OW) or argmax.shape != gy.shape:
+    g = _pool_geometry("max_pool2d_backward", input_shape, kernel_size, stride, padding,
+                       ceil_mode)
+    if gy.shape != g.output_shape or argmax.shape != gy.shape:
         raise ValueError(f"max_pool2d_backward: gy {gy.shape} and argmax {argmax.shape} must "
-                         f"have the output shape {(N, C, OH, OW)}")
+                         f"have the output shape {g.output_shape}")
     gy, argmax = _prep(xp, gy, dt), _prep(xp, argmax, np.int32)
-    gx = xp.empty((N, C, H, W), dtype=dt)
+    gx = xp.empty(g.input_shape, dtype=dt)
     _launch(xp, "pooling.cu", "max_pool2d_backward_" + _suffix(dt), gx.size,
             (gy, argmax, gx, *_shape_args(g), *_pool_divs(g)))
     return gx
@@ -573,9 +522,8 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     xp = _array_module(x)
     dt = _float_dtype(x, "x")
     x = _prep(xp, x, dt)
-    g = _pool_geometry(x.shape, kernel_size, stride, padding, ceil_mode)
-    N, C, _, _, OH, OW = g[:6]
-    y = xp.empty((N, C, OH, OW), dtype=dt)
+    g = _pool_geometry("avg_pool2d", x.shape, kernel_size, stride, padding, ceil_mode)
+    y = xp.empty(g.output_shape, dtype=dt)
     _launch(xp, "pooling.cu", "avg_pool2d_forward_" + _suffix(dt), y.size,
             (x, y, *_shape_args(g), _i32(bool(count_include_pad)), *_pool_divs(g)))
     return y
@@ -586,13 +534,13 @@ def avg_pool2d_backward(gy, input_shape, kernel_size, stride=None, padding=0, ce
     """gx (input_shape): each input gathers gy / divisor from the windows covering it."""
     xp = _array_module(gy)
     dt = _float_dtype(gy, "gy")
-    g = _pool_geometry(input_shape, kernel_size, stride, padding, ceil_mode)
-    N, C, H, W, OH, OW = g[:6]
-    if gy.shape != (N, C, OH, OW):
+    g = _pool_geometry("avg_pool2d_backward", input_shape, kernel_size, stride, padding,
+                       ceil_mode)
+    if gy.shape != g.output_shape:
         raise ValueError(f"avg_pool2d_backward: gy {gy.shape} must have the output shape "
-                         f"{(N, C, OH, OW)}")
+                         f"{g.output_shape}")
     gy = _prep(xp, gy, dt)
-    gx = xp.empty((N, C, H, W), dtype=dt)
+    gx = xp.empty(g.input_shape, dtype=dt)
     _launch(xp, "pooling.cu", "avg_pool2d_backward_" + _suffix(dt), gx.size,
             (gy, gx, *_shape_args(g), _i32(bool(count_include_pad)), *_pool_divs(g)))
     return gx

@@ -21,8 +21,12 @@ reshape, transpose, flatten, concatenate, where, clip, ...``) are re-exported to
 the one namespace of operations (as attributes, not in ``__all__``); ``F.pad`` is torch's
 (flat tuple), ``minidl.ops.pad`` NumPy's.
 
-Each op is a :class:`~minidl.tensor.Function` whose forward and backward work on NumPy arrays
-(CPU) or, for conv, pooling, LRN and PReLU, call the CUDA kernels when given CuPy arrays.
+Each op is a :class:`~minidl.tensor.Function` (named ``<Op>Function``, e.g. ``Conv2dFunction``,
+so it is never confused with the nn Module of the same op) whose ``forward``/``backward`` work on
+NumPy arrays; conv, im2col/col2im, pooling, LRN and PReLU add ``forward_cuda``/``backward_cuda``,
+which the engine calls for CuPy arrays and which launch the CUDA kernels. The other ops serve
+both devices with the same code through ``xp = backend.get_array_module(x)``. Window geometry
+(pairs, output sizes) is :mod:`minidl.geometry`'s.
 """
 from minidl.ops import (abs, add, argmax, argmin, clip, concatenate, div, exp, flatten,  # noqa: A004
                         log, matmul, max, maximum, mean, min, minimum, mul, neg, permute, pow,

@@ -12,32 +12,39 @@ channel-wise (one a per channel, summed over N and space) or channel-shared (one
 channels too). y <= 0 takes the negative branch (DESIGN.md). a = 0 is ReLU; a fixed 0.01 is Leaky
 ReLU. The slope gradient is a deterministic reduction (NumPy's pairwise sums).
 """
-from minidl.functional._utils import is_numpy, kernels, xp_of
-from minidl.ops import relu, sigmoid, tanh  # noqa: F401  (re-exported)
+import numpy as np
+
+from minidl.backend import get_array_module
+from minidl.functional._utils import kernels
+from minidl.ops import relu, sigmoid, tanh
 from minidl.tensor import Function
 
+__all__ = ["relu", "tanh", "sigmoid", "leaky_relu", "prelu"]
 
-class LeakyReLU(Function):
+
+class LeakyReLUFunction(Function):
     def forward(self, x, slope):
-        xp = xp_of(x)
+        xp = get_array_module(x)
         self.slope = slope
-        self.pos = x > 0
+        pos = x > 0
+        self.save_for_backward(pos)
         y = xp.minimum(x, 0)          # max(0, x) + slope * min(0, x), branch-free
         y *= x.dtype.type(slope)
         y += xp.maximum(x, 0)
         return y
 
     def backward(self, gy):
-        gx = gy * self.pos
+        pos, = self.saved_arrays
+        gx = gy * pos
         neg = gy * gy.dtype.type(self.slope)
-        neg *= ~self.pos
+        neg *= ~pos
         gx += neg
         return gx
 
 
 def leaky_relu(x, negative_slope=0.01):
     """``max(0, x) + negative_slope * min(0, x)`` (a PReLU with a fixed slope)."""
-    return LeakyReLU.apply(x, slope=float(negative_slope))
+    return LeakyReLUFunction.apply(x, slope=float(negative_slope))
 
 
 def _bshape(x, weight):
@@ -49,27 +56,25 @@ def _bshape(x, weight):
     return tuple(shape)
 
 
-class PReLU(Function):
+class PReLUFunction(Function):
     """NumPy path written branch-free, as the paper's formula ``max(0, y) + a * min(0, y)``:
     ``np.where`` on a random sign pattern is several times slower (branch mispredictions)."""
 
     def forward(self, x, weight):
-        xp = xp_of(x)
         self.save_for_backward(x, weight)
-        if not is_numpy(xp):
-            return kernels().prelu_forward(x, weight)
         a = weight.reshape(_bshape(x, weight))
-        y = xp.minimum(x, 0)
+        y = np.minimum(x, 0)
         y *= a
-        y += xp.maximum(x, 0)
+        y += np.maximum(x, 0)
         return y
+
+    def forward_cuda(self, x, weight):
+        self.save_for_backward(x, weight)
+        return kernels().prelu_forward(x, weight)
 
     def backward(self, gy):
         x, weight = self.saved_arrays
         need_x, need_w = self.needs_input_grad
-        xp = xp_of(gy)
-        if not is_numpy(xp):
-            return kernels().prelu_backward(x, weight, gy, need_weight=need_w)
         gx = gw = None
         if need_x:
             # g if x > 0 else a*g, as g*[x > 0] + (a*g)*[x <= 0] (exact, no branches)
@@ -79,7 +84,7 @@ class PReLU(Function):
             neg *= ~pos
             gx += neg
         if need_w:
-            contrib = xp.minimum(x, 0)   # x where x <= 0, else 0
+            contrib = np.minimum(x, 0)   # x where x <= 0, else 0
             contrib *= gy
             if weight.shape[0] == 1:
                 gw = contrib.sum().reshape(1)
@@ -87,6 +92,10 @@ class PReLU(Function):
                 axes = (0,) + tuple(range(2, x.ndim)) if x.ndim >= 2 else ()
                 gw = contrib.sum(axis=axes) if axes else contrib
         return gx, gw
+
+    def backward_cuda(self, gy):
+        x, weight = self.saved_arrays
+        return kernels().prelu_backward(x, weight, gy, need_weight=self.needs_input_grad[1])
 
 
 def prelu(x, weight):
@@ -98,4 +107,4 @@ def prelu(x, weight):
     if weight.shape[0] not in (1, c):
         raise ValueError(f"prelu: weight of shape {weight.shape} does not match input of shape "
                          f"{x.shape}: expected (1,) or ({c},) (one slope per channel, dim 1)")
-    return PReLU.apply(x, weight)
+    return PReLUFunction.apply(x, weight)

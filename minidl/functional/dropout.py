@@ -11,13 +11,14 @@ from minidl import random as _random
 from minidl.tensor import Function
 
 
-class Dropout(Function):
+class DropoutFunction(Function):
     def forward(self, x, mask):
-        self.mask = mask
+        self.save_for_backward(mask)
         return x * mask
 
     def backward(self, gy):
-        return gy * self.mask
+        mask, = self.saved_arrays
+        return gy * mask
 
 
 def dropout(x, p=0.5, training=True):
@@ -34,4 +35,4 @@ def dropout(x, p=0.5, training=True):
         mask = _random.bernoulli_mask(x.shape, 1.0 - p, dtype=x.dtype)
         mask *= x.dtype.type(1.0 / (1.0 - p))
     mask = backend.to_device(mask, x.device)
-    return Dropout.apply(x, mask=mask)
+    return DropoutFunction.apply(x, mask=mask)

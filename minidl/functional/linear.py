@@ -5,7 +5,7 @@ Backward: ``dx = dY W``, ``dW = dY^T x`` (leading dimensions flattened), ``db = 
 from minidl.tensor import Function
 
 
-class Linear(Function):
+class LinearFunction(Function):
     def forward(self, x, w, b):
         self.save_for_backward(x, w)
         y = x @ w.T
@@ -34,4 +34,4 @@ def linear(x, weight, bias=None):
                          f"{weight.shape} expects {weight.shape[1]}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"linear: bias has shape {bias.shape}, expected ({weight.shape[0]},)")
-    return Linear.apply(x, weight, bias)
+    return LinearFunction.apply(x, weight, bias)

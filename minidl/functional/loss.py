@@ -43,37 +43,38 @@ import numbers
 import numpy as np
 
 from minidl import ops
-from minidl.functional._utils import xp_of
+from minidl.backend import get_array_module
 from minidl.tensor import Function, Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-class LogSoftmax(Function):
+class LogSoftmaxFunction(Function):
     def forward(self, x, dim):
-        xp = xp_of(x)
+        xp = get_array_module(x)
         self.dim = dim
         z = x - x.max(axis=dim, keepdims=True)
         y = z - xp.log(xp.exp(z).sum(axis=dim, keepdims=True))
-        self.y = y
+        self.save_for_backward(y)
         return y
 
     def backward(self, gy):
-        xp = xp_of(gy)
-        return gy - xp.exp(self.y) * gy.sum(axis=self.dim, keepdims=True)
+        xp = get_array_module(gy)
+        y, = self.saved_arrays
+        return gy - xp.exp(y) * gy.sum(axis=self.dim, keepdims=True)
 
 
-class Softmax(Function):
+class SoftmaxFunction(Function):
     def forward(self, x, dim):
-        xp = xp_of(x)
+        xp = get_array_module(x)
         self.dim = dim
         e = xp.exp(x - x.max(axis=dim, keepdims=True))
         y = e / e.sum(axis=dim, keepdims=True)
-        self.y = y
+        self.save_for_backward(y)
         return y
 
     def backward(self, gy):
-        y = self.y
+        y, = self.saved_arrays
         return y * (gy - (gy * y).sum(axis=self.dim, keepdims=True))
 
 
@@ -84,19 +85,19 @@ def _dim(x, dim, name):
 
 def softmax(x, dim=1):
     """``exp(x_i - max) / sum_j exp(x_j - max)`` along ``dim`` (stable for huge logits)."""
-    return Softmax.apply(x, dim=_dim(x, dim, "softmax"))
+    return SoftmaxFunction.apply(x, dim=_dim(x, dim, "softmax"))
 
 
 def log_softmax(x, dim=1):
     """``x_i - max - log sum_j exp(x_j - max)`` along ``dim`` (stable for huge logits)."""
-    return LogSoftmax.apply(x, dim=_dim(x, dim, "log_softmax"))
+    return LogSoftmaxFunction.apply(x, dim=_dim(x, dim, "log_softmax"))
 
 
 class NLLLossFunction(Function):
     """Picks -w[t] * logp[t] per sample; the backward scatters -w[t]/denominator back."""
 
     def forward(self, logp, target, weight, ignore_index, reduction):
-        xp = xp_of(logp)
+        xp = get_array_module(logp)
         c = logp.shape[1]
         # class axis last, samples flattened: (M, C)
         lp = xp.moveaxis(logp, 1, -1).reshape(-1, c)
@@ -107,27 +108,28 @@ class NLLLossFunction(Function):
         wt = w[tc] * valid
         picked = lp[xp.arange(lp.shape[0]), tc]
         losses = -wt * picked
-        self.shape, self.tc, self.wt, self.reduction = logp.shape, tc, wt, reduction
+        self.shape, self.reduction = logp.shape, reduction
+        self.save_for_backward(tc, wt)
         if reduction == "none":
             return losses.reshape(target.shape)
         if reduction == "sum":
             return losses.sum()
-        self.denom = wt.sum()
-        return losses.sum() / self.denom  # NaN when every target is ignored, as PyTorch
+        return losses.sum() / wt.sum()  # NaN when every target is ignored, as PyTorch
 
     def backward(self, gy):
-        xp = xp_of(gy)
+        xp = get_array_module(gy)
+        tc, wt = self.saved_arrays
         n, c = self.shape[0], self.shape[1]
         rest = self.shape[2:]
-        m = self.tc.shape[0]
+        m = tc.shape[0]
         if self.reduction == "none":
-            coef = -self.wt * gy.reshape(-1)
+            coef = -wt * gy.reshape(-1)
         elif self.reduction == "sum":
-            coef = -self.wt * gy
+            coef = -wt * gy
         else:
-            coef = -self.wt * (gy / self.denom)
+            coef = -wt * (gy / wt.sum())
         g = xp.zeros((m, c), dtype=gy.dtype)
-        g[xp.arange(m), self.tc] = coef
+        g[xp.arange(m), tc] = coef
         g = g.reshape((n,) + rest + (c,))
         return xp.ascontiguousarray(xp.moveaxis(g, -1, 1))
 
@@ -156,7 +158,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     over non-ignored targets), "sum" or "none"."""
     _check_reduction("nll_loss", reduction)
     t = _check_target("nll_loss", input, target)
-    xp = xp_of(input.data)
+    xp = get_array_module(input.data)
     c = input.shape[1]
     t = xp.asarray(t)
     bad = (t != ignore_index) & ((t < 0) | (t >= c))
@@ -186,7 +188,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     nll = nll_loss(logp, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
     if e == 0.0:
         return nll
-    xp = xp_of(logp.data)
+    xp = get_array_module(logp.data)
     c = input.shape[1]
     t = xp.asarray(target.data if isinstance(target, Tensor) else target)
     keep = (t != ignore_index).astype(logp.dtype)
@@ -251,7 +253,7 @@ def _weight_array(name, w, input, argname="weight"):
     """``w`` (Tensor, array or None) as an array of the input's dtype that broadcasts to it."""
     if w is None:
         return None
-    xp = xp_of(input.data)
+    xp = get_array_module(input.data)
     arr = w.data if isinstance(w, Tensor) else xp.asarray(w)
     try:
         np.broadcast_shapes(tuple(arr.shape), input.shape)
@@ -281,11 +283,11 @@ class L1LossFunction(Function):
     def forward(self, x, y):
         d = x - y
         self.save_for_backward(d)
-        return xp_of(d).abs(d)
+        return get_array_module(d).abs(d)
 
     def backward(self, g):
         (d,) = self.saved_arrays
-        gx = xp_of(d).sign(d) * g
+        gx = get_array_module(d).sign(d) * g
         return gx, -gx
 
 
@@ -293,7 +295,7 @@ class SmoothL1LossFunction(Function):
     """0.5 d^2 / beta where |d| < beta, |d| - 0.5 beta elsewhere (beta = 0: |d|)."""
 
     def forward(self, x, y, beta):
-        xp = xp_of(x)
+        xp = get_array_module(x)
         d = x - y
         self.beta = beta
         self.save_for_backward(d)
@@ -304,7 +306,7 @@ class SmoothL1LossFunction(Function):
 
     def backward(self, g):
         (d,) = self.saved_arrays
-        xp = xp_of(d)
+        xp = get_array_module(d)
         if self.beta == 0:
             gx = xp.sign(d) * g
         else:
@@ -316,7 +318,7 @@ class BCELossFunction(Function):
     """-w (y log x + (1 - y) log(1 - x)), each log clamped at -100 as torch does."""
 
     def forward(self, x, y, weight):
-        xp = xp_of(x)
+        xp = get_array_module(x)
         self.save_for_backward(x, y)
         self.weight = weight
         with np.errstate(divide="ignore"):
@@ -327,7 +329,7 @@ class BCELossFunction(Function):
 
     def backward(self, g):
         x, y = self.saved_arrays
-        xp = xp_of(x)
+        xp = get_array_module(x)
         w = g if self.weight is None else g * self.weight
         gx = w * (x - y) / xp.maximum((1 - x) * x, 1e-12)
         gy = None
@@ -342,7 +344,7 @@ class BCEWithLogitsLossFunction(Function):
     log1p(exp(-|x|)) + max(-x, 0), stable for any x."""
 
     def forward(self, x, y, weight, pos_weight):
-        xp = xp_of(x)
+        xp = get_array_module(x)
         self.save_for_backward(x, y)
         self.weight, self.pos_weight = weight, pos_weight
         sp = xp.log1p(xp.exp(-xp.abs(x))) + xp.maximum(-x, 0)
@@ -352,7 +354,7 @@ class BCEWithLogitsLossFunction(Function):
 
     def backward(self, g):
         x, y = self.saved_arrays
-        xp = xp_of(x)
+        xp = get_array_module(x)
         w = g if self.weight is None else g * self.weight
         sig_neg = 0.5 * (1 - xp.tanh(0.5 * x))  # sigmoid(-x), stable
         if self.pos_weight is None:
@@ -397,7 +399,7 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
     -100 as torch does; ``weight`` broadcasts to the input. Inputs outside [0, 1] raise."""
     _check_reduction("binary_cross_entropy", reduction)
     x, y = _pair_args("binary_cross_entropy", input, target)
-    xp = xp_of(x.data)
+    xp = get_array_module(x.data)
     if bool(((x.data < 0) | (x.data > 1) | xp.isnan(x.data)).any()):
         raise ValueError("binary_cross_entropy: all elements of input must be in [0, 1] "
                          "(probabilities; for logits use binary_cross_entropy_with_logits), "

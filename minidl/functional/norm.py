@@ -27,7 +27,8 @@ PyTorch; evaluation normalizes with the running statistics.
 """
 import numpy as np
 
-from minidl.functional._utils import is_numpy, kernels, xp_of
+from minidl.backend import get_array_module
+from minidl.functional._utils import kernels
 from minidl.tensor import Function
 
 # ----------------------------------------------------------------------------------------------
@@ -49,28 +50,34 @@ def _window_sum(sq, before, after):
     return out
 
 
-class LocalResponseNorm(Function):
+class LocalResponseNormFunction(Function):
+    """LRN; saves x, y and the scale for the analytic backward (module docstring)."""
+
     def forward(self, x, size, alpha, beta, k):
-        xp = xp_of(x)
         self.params = (size, alpha, beta)
-        if not is_numpy(xp):
-            y, scale = kernels().lrn_forward(x, size, alpha, beta, k)
-        else:
-            scale = _window_sum(x * x, size // 2, (size - 1) // 2)
-            scale *= alpha
-            scale += k
-            y = x * scale ** (-beta)
+        scale = _window_sum(x * x, size // 2, (size - 1) // 2)
+        scale *= alpha
+        scale += k
+        y = x * scale ** (-beta)
+        self.save_for_backward(x, y, scale)
+        return y
+
+    def forward_cuda(self, x, size, alpha, beta, k):
+        self.params = (size, alpha, beta)
+        y, scale = kernels().lrn_forward(x, size, alpha, beta, k)
         self.save_for_backward(x, y, scale)
         return y
 
     def backward(self, gy):
         x, y, scale = self.saved_arrays
         size, alpha, beta = self.params
-        xp = xp_of(gy)
-        if not is_numpy(xp):
-            return kernels().lrn_backward(x, y, scale, gy, size, alpha, beta)
         t = _window_sum(gy * y / scale, (size - 1) // 2, size // 2)
         return gy * scale ** (-beta) - (2.0 * alpha * beta) * x * t
+
+    def backward_cuda(self, gy):
+        x, y, scale = self.saved_arrays
+        size, alpha, beta = self.params
+        return kernels().lrn_backward(x, y, scale, gy, size, alpha, beta)
 
 
 def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
@@ -89,7 +96,7 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
     size = int(size)
     if size < 1:
         raise ValueError(f"local_response_norm: size must be >= 1, got {size}")
-    return LocalResponseNorm.apply(x, size=size, alpha=float(alpha), beta=float(beta),
+    return LocalResponseNormFunction.apply(x, size=size, alpha=float(alpha), beta=float(beta),
                                    k=float(k))
 
 
@@ -97,7 +104,7 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
 # batch normalization
 
 
-class BatchNorm(Function):
+class BatchNormFunction(Function):
     """y = gamma * (x - mu) / sqrt(var + eps) + beta over the axes ``self.axes``.
 
     Training (batch statistics), with m = number of reduced elements:
@@ -106,28 +113,29 @@ class BatchNorm(Function):
     """
 
     def forward(self, x, weight, bias, mean, var, eps, axes, training):
-        xp = xp_of(x)
+        xp = get_array_module(x)
         shape = [1] * x.ndim
         shape[1] = x.shape[1]
         self.shape, self.axes, self.training = tuple(shape), axes, training
         inv_std = 1.0 / xp.sqrt(var.reshape(shape) + eps)
         xhat = (x - mean.reshape(shape)) * inv_std
-        self.inv_std = inv_std.astype(x.dtype, copy=False)
-        self.xhat = xhat = xhat.astype(x.dtype, copy=False)
-        self.weight = weight
+        inv_std = inv_std.astype(x.dtype, copy=False)
+        xhat = xhat.astype(x.dtype, copy=False)
+        self.save_for_backward(xhat, inv_std, *(() if weight is None else (weight,)))
         y = xhat * weight.reshape(shape) if weight is not None else xhat.copy()
         if bias is not None:
             y += bias.reshape(shape)
         return y
 
     def backward(self, gy):
-        xhat, inv_std = self.xhat, self.inv_std
+        xhat, inv_std, *weight = self.saved_arrays
+        weight = weight[0] if weight else None
         need_x, need_w, need_b = self.needs_input_grad
         gw = (gy * xhat).sum(axis=self.axes) if need_w else None
         gb = gy.sum(axis=self.axes) if need_b else None
         gx = None
         if need_x:
-            gxhat = gy * self.weight.reshape(self.shape) if self.weight is not None else gy
+            gxhat = gy * weight.reshape(self.shape) if weight is not None else gy
             if self.training:
                 m1 = gxhat.mean(axis=self.axes, keepdims=True)
                 m2 = (gxhat * xhat).mean(axis=self.axes, keepdims=True)
@@ -177,5 +185,5 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                              "running_var")
         mean = running_mean.data.astype(xd.dtype, copy=False)
         var = running_var.data.astype(xd.dtype, copy=False)
-    return BatchNorm.apply(x, weight, bias, mean=mean, var=var, eps=float(eps), axes=axes,
+    return BatchNormFunction.apply(x, weight, bias, mean=mean, var=var, eps=float(eps), axes=axes,
                            training=bool(training))

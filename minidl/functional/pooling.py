@@ -14,98 +14,85 @@ Max pooling (DESIGN.md): in each window, scanned in row-major order, a value win
 winner's per-plane index ``h*W + w`` (int32); the backward sends each output gradient to that
 input element (summing where overlapping windows pick the same one), deterministically.
 
-NumPy path: strided views over the KH*KW kernel offsets (a loop over the window, never over
-pixels). CuPy arrays go to the CUDA kernels of :mod:`minidl.cuda.kernels`.
+The geometry (pairs, output sizes, the padding rule) is :func:`minidl.geometry.pool_geometry`,
+shared with the CUDA wrappers. NumPy path (``forward``/``backward``): strided views over the
+KH*KW kernel offsets (a loop over the window, never over pixels). CuPy path
+(``forward_cuda``/``backward_cuda``): the CUDA kernels of :mod:`minidl.cuda.kernels`.
 """
 import numpy as np
 
 from minidl import ops
-from minidl.functional._utils import is_numpy, kernels, pair, pool_out_size, xp_of
+from minidl.backend import get_array_module
+from minidl.functional._utils import kernels
+from minidl.geometry import pool_geometry
 from minidl.tensor import Function
 
 
-def _pool_geometry(name, shape, k, s, p, ceil_mode):
-    if len(shape) != 4:
-        raise ValueError(f"{name}: expected a 4-d input (N, C, H, W), got shape {tuple(shape)}")
-    if min(k) < 1 or min(s) < 1 or min(p) < 0:
-        raise ValueError(f"{name}: kernel_size {k} and stride {s} must be >= 1, padding {p} >= 0")
-    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
-        raise ValueError(f"{name}: padding {p} must be at most half the kernel size {k}")
-    h, w = shape[2:]
-    if h + 2 * p[0] < k[0] or w + 2 * p[1] < k[1]:
-        raise ValueError(f"{name}: the window {k} is larger than the padded input "
-                         f"{(h + 2 * p[0], w + 2 * p[1])} (input shape {tuple(shape)}, "
-                         f"padding {p})")
-    oh = pool_out_size(h, k[0], s[0], p[0], ceil_mode)
-    ow = pool_out_size(w, k[1], s[1], p[1], ceil_mode)
-    return oh, ow
+def _padded_shape(g):
+    """(Hp, Wp): the input padded by p on the top/left and enough on the bottom/right for every
+    window (ceil_mode windows may run past ``H + p``)."""
+    return (max(g.h + 2 * g.ph, (g.oh - 1) * g.sh + g.kh),
+            max(g.w + 2 * g.pw, (g.ow - 1) * g.sw + g.kw))
 
 
-def _padded(x, k, s, p, oh, ow, fill):
-    """x padded by p on the top/left and enough on the bottom/right for every window
-    (ceil_mode windows may run past ``H + p``), filled with ``fill``."""
-    xp = xp_of(x)
-    n, c, h, w = x.shape
-    hp = max(h + 2 * p[0], (oh - 1) * s[0] + k[0])
-    wp = max(w + 2 * p[1], (ow - 1) * s[1] + k[1])
-    if (hp, wp) == (h, w):
+def _padded(x, g, fill):
+    """x padded as :func:`_padded_shape` says, filled with ``fill``."""
+    hp, wp = _padded_shape(g)
+    if (hp, wp) == (g.h, g.w):
         return x
-    out = xp.full((n, c, hp, wp), fill, dtype=x.dtype)
-    out[:, :, p[0]:p[0] + h, p[1]:p[1] + w] = x
+    out = np.full((g.n, g.c, hp, wp), fill, dtype=x.dtype)
+    out[:, :, g.ph:g.ph + g.h, g.pw:g.pw + g.w] = x
     return out
 
 
-def _offset_view(xpad, i, j, s, oh, ow):
+def _offset_view(xpad, i, j, g):
     """x_pad[:, :, i + s*oh', j + s*ow'] for every output position: kernel offset (i, j)."""
-    return xpad[:, :, i:i + s[0] * (oh - 1) + 1:s[0], j:j + s[1] * (ow - 1) + 1:s[1]]
+    return xpad[:, :, i:i + g.sh * (g.oh - 1) + 1:g.sh, j:j + g.sw * (g.ow - 1) + 1:g.sw]
 
 
 # ----------------------------------------------------------------------------------------------
 # max pooling
 
 
-def _max_pool_forward(x, k, s, p, ceil_mode):
-    xp = xp_of(x)
+def _max_pool_forward(x, g):
     n, c, h, w = x.shape
-    oh, ow = _pool_geometry("max_pool2d", x.shape, k, s, p, ceil_mode)
-    xpad = _padded(x, k, s, p, oh, ow, -np.inf)
-    has_nan = bool(xp.isnan(x).any())
+    oh, ow = g.oh, g.ow
+    xpad = _padded(x, g, -np.inf)
+    has_nan = bool(np.isnan(x).any())
     # running maximum and the window offset o = kh*KW + kw it came from; -1: nothing won yet
-    best = xp.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
-    ctype = np.int16 if k[0] * k[1] < 2 ** 15 else np.int32
-    code = xp.full((n, c, oh, ow), -1, dtype=ctype)
-    for i in range(k[0]):
-        for j in range(k[1]):
-            v = _offset_view(xpad, i, j, s, oh, ow)
-            o = i * k[1] + j
+    best = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
+    ctype = np.int16 if g.kh * g.kw < 2 ** 15 else np.int32
+    code = np.full((n, c, oh, ow), -1, dtype=ctype)
+    for i in range(g.kh):
+        for j in range(g.kw):
+            v = _offset_view(xpad, i, j, g)
+            o = i * g.kw + j
             win = v > best
             if has_nan:  # the exact rule, v > max || isnan(v): a later NaN replaces a NaN
-                win |= xp.isnan(v)
-                xp.copyto(best, v, where=win)
+                win |= np.isnan(v)
+                np.copyto(best, v, where=win)
             else:        # without NaN, max() keeps exactly the values the rule keeps
-                xp.maximum(best, v, out=best)
+                np.maximum(best, v, out=best)
             # code = where(win, o, code), branch-free (masked copies are slow on random masks)
             code += win * (code.dtype.type(o) - code)
     # per-plane index h*W + w of the winner; when nothing won (every real input -inf) the
     # window's first real position, as the reference and the CUDA kernel do
-    base = xp.asarray(((np.arange(oh) * s[0] - p[0])[:, None] * w
-                       + (np.arange(ow) * s[1] - p[1])[None, :]).astype(np.int32))
-    offs = xp.asarray(np.array([i * w + j for i in range(k[0]) for j in range(k[1])],
-                               dtype=np.int32))
-    arg = xp.take(offs, code, mode="wrap") + base
+    base = ((np.arange(oh) * g.sh - g.ph)[:, None] * w
+            + (np.arange(ow) * g.sw - g.pw)[None, :]).astype(np.int32)
+    offs = np.array([i * w + j for i in range(g.kh) for j in range(g.kw)], dtype=np.int32)
+    arg = np.take(offs, code, mode="wrap") + base
     nowin = code < 0
     if bool(nowin.any()):
-        first = xp.asarray((np.maximum(np.arange(oh) * s[0] - p[0], 0)[:, None] * w
-                            + np.maximum(np.arange(ow) * s[1] - p[1], 0)[None, :])
-                           .astype(np.int32))
-        xp.copyto(arg, xp.broadcast_to(first, arg.shape), where=nowin)
+        first = (np.maximum(np.arange(oh) * g.sh - g.ph, 0)[:, None] * w
+                 + np.maximum(np.arange(ow) * g.sw - g.pw, 0)[None, :]).astype(np.int32)
+        np.copyto(arg, np.broadcast_to(first, arg.shape), where=nowin)
     return best, arg
 
 
 def _scatter_to_planes(gy, arg, input_shape):
     """gx[n, c].flat[arg[n, c, i, j]] += gy[n, c, i, j], summed deterministically (the NumPy
     path of max pooling; CuPy runs the CUDA kernel, adaptive pooling _scatter_by_bins)."""
-    xp = xp_of(gy)
+    xp = get_array_module(gy)
     n, c, h, w = input_shape
     planes = xp.arange(n * c, dtype=np.int64).reshape(n, c, 1, 1) * (h * w)
     flat = (planes + arg).ravel()
@@ -113,29 +100,32 @@ def _scatter_to_planes(gy, arg, input_shape):
     return gx.astype(gy.dtype, copy=False).reshape(input_shape)
 
 
-class MaxPool2d(Function):
-    def forward(self, x, k, s, p, ceil_mode):
-        xp = xp_of(x)
-        self.geom = (x.shape, k, s, p, ceil_mode)
-        if not is_numpy(xp):
-            y, self.arg = kernels().max_pool2d_forward(x, k, s, p, ceil_mode)
-            return y
-        y, self.arg = _max_pool_forward(x, k, s, p, ceil_mode)
+class MaxPool2dFunction(Function):
+    """Max pooling; saves the winners' per-plane indices (int32, the output's shape) for
+    backward. ``geo`` is the :class:`~minidl.geometry.PoolGeometry`."""
+
+    def forward(self, x, geo):
+        self.geo = geo
+        y, arg = _max_pool_forward(x, geo)
+        self.save_for_backward(arg)
+        return y
+
+    def forward_cuda(self, x, geo):
+        self.geo = geo
+        y, arg = kernels().max_pool2d_forward(x, geo.kernel_size, geo.stride, geo.padding,
+                                              geo.ceil_mode)
+        self.save_for_backward(arg)
         return y
 
     def backward(self, gy):
-        shape, k, s, p, ceil_mode = self.geom
-        xp = xp_of(gy)
-        if not is_numpy(xp):
-            return kernels().max_pool2d_backward(gy, self.arg, shape, k, s, p, ceil_mode)
-        return _scatter_to_planes(gy, self.arg, shape)
+        arg, = self.saved_arrays
+        return _scatter_to_planes(gy, arg, self.geo.input_shape)
 
-
-def _pool_args(kernel_size, stride, padding):
-    k = pair(kernel_size, "kernel_size")
-    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) \
-        else pair(stride, "stride")
-    return k, s, pair(padding, "padding")
+    def backward_cuda(self, gy):
+        arg, = self.saved_arrays
+        g = self.geo
+        return kernels().max_pool2d_backward(gy, arg, g.input_shape, g.kernel_size, g.stride,
+                                             g.padding, g.ceil_mode)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
@@ -145,9 +135,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     ``stride`` defaults to ``kernel_size``; overlapping windows (AlexNet: 3, stride 2) are fine.
     Ties go to the first maximum in row-major window order, NaN propagates.
     """
-    k, s, p = _pool_args(kernel_size, stride, padding)
-    _pool_geometry("max_pool2d", x.shape, k, s, p, ceil_mode)
-    return MaxPool2d.apply(x, k=k, s=s, p=p, ceil_mode=bool(ceil_mode))
+    geo = pool_geometry("max_pool2d", x.shape, kernel_size, stride, padding, ceil_mode)
+    return MaxPool2dFunction.apply(x, geo=geo)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,41 +152,44 @@ def _avg_divisor(size, k, s, p, out, count_include_pad):
     return full if count_include_pad else hi - lo
 
 
-class AvgPool2d(Function):
-    def forward(self, x, k, s, p, ceil_mode, count_include_pad):
-        xp = xp_of(x)
-        self.geom = (x.shape, k, s, p, ceil_mode, count_include_pad)
-        if not is_numpy(xp):
-            return kernels().avg_pool2d_forward(x, k, s, p, ceil_mode, count_include_pad)
-        n, c, h, w = x.shape
-        oh, ow = _pool_geometry("avg_pool2d", x.shape, k, s, p, ceil_mode)
-        xpad = _padded(x, k, s, p, oh, ow, 0)
-        acc = xp.zeros((n, c, oh, ow), dtype=x.dtype)
-        for i in range(k[0]):
-            for j in range(k[1]):
-                acc += _offset_view(xpad, i, j, s, oh, ow)
-        div = np.outer(_avg_divisor(h, k[0], s[0], p[0], oh, count_include_pad),
-                       _avg_divisor(w, k[1], s[1], p[1], ow, count_include_pad))
-        self.div = div
-        acc /= xp.asarray(div.astype(x.dtype))
+def _avg_divisors(g, count_include_pad):
+    """(OH, OW) divisors of an average pooling of geometry ``g``."""
+    return np.outer(_avg_divisor(g.h, g.kh, g.sh, g.ph, g.oh, count_include_pad),
+                    _avg_divisor(g.w, g.kw, g.sw, g.pw, g.ow, count_include_pad))
+
+
+class AvgPool2dFunction(Function):
+    """Average pooling; ``geo`` is the :class:`~minidl.geometry.PoolGeometry`. The divisors
+    depend on the geometry only (recomputed in backward, not saved)."""
+
+    def forward(self, x, geo, count_include_pad):
+        self.geo, self.count_include_pad = geo, count_include_pad
+        xpad = _padded(x, geo, 0)
+        acc = np.zeros(geo.output_shape, dtype=x.dtype)
+        for i in range(geo.kh):
+            for j in range(geo.kw):
+                acc += _offset_view(xpad, i, j, geo)
+        acc /= _avg_divisors(geo, count_include_pad).astype(x.dtype)
         return acc
 
+    def forward_cuda(self, x, geo, count_include_pad):
+        self.geo, self.count_include_pad = geo, count_include_pad
+        return kernels().avg_pool2d_forward(x, geo.kernel_size, geo.stride, geo.padding,
+                                            geo.ceil_mode, count_include_pad)
+
     def backward(self, gy):
-        shape, k, s, p, ceil_mode, count_include_pad = self.geom
-        xp = xp_of(gy)
-        if not is_numpy(xp):
-            return kernels().avg_pool2d_backward(gy, shape, k, s, p, ceil_mode,
-                                                 count_include_pad)
-        n, c, h, w = shape
-        oh, ow = gy.shape[2:]
-        g = gy / xp.asarray(self.div.astype(gy.dtype))
-        hp = max(h + 2 * p[0], (oh - 1) * s[0] + k[0])
-        wp = max(w + 2 * p[1], (ow - 1) * s[1] + k[1])
-        gpad = xp.zeros((n, c, hp, wp), dtype=gy.dtype)
-        for i in range(k[0]):
-            for j in range(k[1]):
-                _offset_view(gpad, i, j, s, oh, ow)[...] += g
-        return xp.ascontiguousarray(gpad[:, :, p[0]:p[0] + h, p[1]:p[1] + w])
+        geo = self.geo
+        g = gy / _avg_divisors(geo, self.count_include_pad).astype(gy.dtype)
+        gpad = np.zeros((geo.n, geo.c) + _padded_shape(geo), dtype=gy.dtype)
+        for i in range(geo.kh):
+            for j in range(geo.kw):
+                _offset_view(gpad, i, j, geo)[...] += g
+        return np.ascontiguousarray(gpad[:, :, geo.ph:geo.ph + geo.h, geo.pw:geo.pw + geo.w])
+
+    def backward_cuda(self, gy):
+        g = self.geo
+        return kernels().avg_pool2d_backward(gy, g.input_shape, g.kernel_size, g.stride,
+                                             g.padding, g.ceil_mode, self.count_include_pad)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
@@ -206,10 +198,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     ``y[n, c, i, j] = sum_{window} x_pad / divisor``: the divisor is the window's size clipped
     to the padded input (``count_include_pad=True``) or the number of real input elements in it.
     """
-    k, s, p = _pool_args(kernel_size, stride, padding)
-    _pool_geometry("avg_pool2d", x.shape, k, s, p, ceil_mode)
-    return AvgPool2d.apply(x, k=k, s=s, p=p, ceil_mode=bool(ceil_mode),
-                           count_include_pad=bool(count_include_pad))
+    geo = pool_geometry("avg_pool2d", x.shape, kernel_size, stride, padding, ceil_mode)
+    return AvgPool2dFunction.apply(x, geo=geo, count_include_pad=bool(count_include_pad))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,18 +223,19 @@ def _adaptive_size(output_size, shape):
 
 
 def _uniform_bins(size, out):
-    """(kernel, stride) when the adaptive bins are a regular pooling (size divisible by out)."""
+    """The kernel size (also the stride) when the adaptive bins of ``size`` into ``out`` are a
+    regular pooling, i.e. when ``out`` divides ``size``; None otherwise."""
     if size % out == 0:
         return size // out
     return None
 
 
-class AdaptiveMaxPool2d(Function):
+class AdaptiveMaxPool2dFunction(Function):
     """Adaptive max pooling by a loop over the OH*OW bins (each a vectorized reduction over N, C)
     with the max-pool winner rule (first maximum, NaN propagates)."""
 
     def forward(self, x, out_hw):
-        xp = xp_of(x)
+        xp = get_array_module(x)
         n, c, h, w = x.shape
         oh, ow = out_hw
         self.shape = x.shape
@@ -262,11 +253,12 @@ class AdaptiveMaxPool2d(Function):
                 y[:, :, i, j] = xp.take_along_axis(win, a[:, :, None], axis=2)[:, :, 0]
                 bw = w1 - w0
                 arg[:, :, i, j] = (h0 + a // bw) * w + (w0 + a % bw)
-        self.arg = arg
+        self.save_for_backward(arg)
         return y
 
     def backward(self, gy):
-        return _scatter_by_bins(gy, self.arg, self.shape)
+        arg, = self.saved_arrays
+        return _scatter_by_bins(gy, arg, self.shape)
 
 
 def _scatter_by_bins(gy, arg, input_shape):
@@ -275,7 +267,7 @@ def _scatter_by_bins(gy, arg, input_shape):
     (n, c) writes its own plane, so no two targets of a scatter collide; bins that pick the same
     input (overlapping adaptive bins) add up across the sequential scatters. (``bincount`` on
     CuPy synchronizes twice: a negative check and the max index.)"""
-    xp = xp_of(gy)
+    xp = get_array_module(gy)
     n, c, h, w = input_shape
     oh, ow = gy.shape[2:]
     gx = xp.zeros((n * c, h * w), dtype=gy.dtype)
@@ -287,9 +279,9 @@ def _scatter_by_bins(gy, arg, input_shape):
     return gx.reshape(input_shape)
 
 
-class AdaptiveAvgPool2d(Function):
+class AdaptiveAvgPool2dFunction(Function):
     def forward(self, x, out_hw):
-        xp = xp_of(x)
+        xp = get_array_module(x)
         n, c, h, w = x.shape
         oh, ow = out_hw
         self.shape, self.bins = x.shape, (adaptive_bins(h, oh), adaptive_bins(w, ow))
@@ -300,7 +292,7 @@ class AdaptiveAvgPool2d(Function):
         return y
 
     def backward(self, gy):
-        xp = xp_of(gy)
+        xp = get_array_module(gy)
         gx = xp.zeros(self.shape, dtype=gy.dtype)
         for i, (h0, h1) in enumerate(self.bins[0]):
             for j, (w0, w1) in enumerate(self.bins[1]):
@@ -322,7 +314,7 @@ def adaptive_avg_pool2d(x, output_size):
     kh, kw = _uniform_bins(x.shape[2], oh), _uniform_bins(x.shape[3], ow)
     if kh and kw:
         return avg_pool2d(x, (kh, kw), (kh, kw))
-    return AdaptiveAvgPool2d.apply(x, out_hw=(oh, ow))
+    return AdaptiveAvgPool2dFunction.apply(x, out_hw=(oh, ow))
 
 
 def adaptive_max_pool2d(x, output_size):
@@ -335,7 +327,7 @@ def adaptive_max_pool2d(x, output_size):
     kh, kw = _uniform_bins(x.shape[2], oh), _uniform_bins(x.shape[3], ow)
     if kh and kw:
         return max_pool2d(x, (kh, kw), (kh, kw))
-    return AdaptiveMaxPool2d.apply(x, out_hw=(oh, ow))
+    return AdaptiveMaxPool2dFunction.apply(x, out_hw=(oh, ow))
 
 
 def spp(x, levels=(6, 3, 2, 1)):

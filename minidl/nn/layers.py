@@ -17,6 +17,7 @@ import numpy as np
 
 from minidl import functional as F
 from minidl import ops
+from minidl.geometry import pair, pool_window
 from minidl.nn import init
 from minidl.nn.module import Module, Parameter
 from minidl.tensor import Tensor
@@ -26,10 +27,6 @@ __all__ = [
     "SPP", "LocalResponseNorm", "ReLU", "LeakyReLU", "PReLU", "Tanh", "Sigmoid", "BatchNorm1d",
     "BatchNorm2d", "Dropout", "Flatten", "Identity",
 ]
-
-
-def _pair(v):
-    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else tuple(int(a) for a in v)
 
 
 def _empty(*shape):
@@ -56,8 +53,10 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} and "
                              f"out_channels={out_channels}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation, self.groups = _pair(padding), _pair(dilation), int(groups)
+        self.kernel_size = pair(kernel_size, "kernel_size", 1)
+        self.stride = pair(stride, "stride", 1)
+        self.padding = pair(padding, "padding", 0)
+        self.dilation, self.groups = pair(dilation, "dilation", 1), int(groups)
         self.weight = _empty(out_channels, in_channels // groups, *self.kernel_size)
         if bias:
             self.bias = _empty(out_channels)
@@ -130,6 +129,7 @@ class MaxPool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
+        pool_window(kernel_size, stride, padding, "MaxPool2d")  # fail early; keep values as given
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size
         self.padding, self.ceil_mode = padding, bool(ceil_mode)
@@ -148,6 +148,7 @@ class AvgPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
                  count_include_pad=True):
         super().__init__()
+        pool_window(kernel_size, stride, padding, "AvgPool2d")  # fail early; keep values as given
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size
         self.padding, self.ceil_mode = padding, bool(ceil_mode)
@@ -315,6 +316,9 @@ class ReLU(Module):
 
 
 class LeakyReLU(Module):
+    """``max(0, x) + negative_slope * min(0, x)``. ``inplace`` is accepted for torch
+    compatibility and ignored."""
+
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
         self.negative_slope, self.inplace = float(negative_slope), inplace
@@ -357,13 +361,18 @@ class Sigmoid(Module):
 
 
 class Dropout(Module):
-    """Inverted dropout with probability ``p`` in training mode; identity in eval mode."""
+    """Inverted dropout with probability ``p`` in training mode; identity in eval mode.
+
+    ``inplace=True`` is not implemented (it raises): the output is always a new tensor."""
 
     def __init__(self, p=0.5, inplace=False):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
-        self.p, self.inplace = float(p), inplace
+        if inplace:
+            raise NotImplementedError("Dropout(inplace=True) is not implemented: minidl's "
+                                      "dropout always returns a new tensor; use inplace=False")
+        self.p, self.inplace = float(p), False
 
     def forward(self, x):
         return F.dropout(x, self.p, self.training)

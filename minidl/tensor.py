@@ -327,14 +327,14 @@ class RemovableHandle:
 class Tensor:
     """An n-dimensional array with automatic differentiation.
 
-    ``Tensor(data, requires_grad=False, device="cpu", dtype=None)``
+    ``Tensor(data, requires_grad=False, device=None, dtype=None)``
 
     * ``data``: an array (NumPy or CuPy; keeps its dtype), a number or a nested list (floats
       become float32, ints int64), or another Tensor (its data is shared).
     * ``requires_grad``: record operations on it so ``backward`` fills ``.grad``. Only floating
       tensors can require grad.
-    * ``device``: "cpu" or "cuda" (CuPy). A CuPy array's device is "cuda" whatever is passed
-      as default; pass ``device`` explicitly to move.
+    * ``device``: None (the default) keeps the data where it is -- a NumPy array, number or list
+      on "cpu", a CuPy array on "cuda"; "cpu" or "cuda" moves (copies) it there.
 
     Attributes: ``.data`` (the array), ``.grad`` (a Tensor or None), ``.shape``, ``.dtype``,
     ``.device``, ``.ndim``, ``.requires_grad``, ``.is_leaf``, ``.grad_fn``,

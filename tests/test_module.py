@@ -181,3 +181,21 @@ def test_gradcheck_on_non_contiguous_input():
     x = Tensor(base.T, requires_grad=True)  # a transposed view
     assert not x.data.flags["C_CONTIGUOUS"]
     assert gradcheck(lambda x: (x * x).sum(axis=0), [x])
+
+
+@pytest.mark.parametrize("owner", ["module", "optimizer"])
+def test_zero_grad_set_to_none_or_zero_in_place(owner):
+    net = Net()
+    out = net(Tensor(np.ones((2, 3), np.float32))).sum()
+    out.backward()
+    zero_grad = net.zero_grad if owner == "module" else minidl.optim.SGD(
+        net.parameters(), lr=0.1).zero_grad
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    assert all(g is not None for g in grads.values())
+    assert any(np.any(g.numpy() != 0) for g in grads.values())
+    zero_grad(set_to_none=False)
+    for n, p in net.named_parameters():
+        assert p.grad is grads[n]                      # the same tensors, zeroed in place
+        assert not np.any(p.grad.numpy())
+    zero_grad()                                        # set_to_none=True by default, as torch
+    assert all(p.grad is None for p in net.parameters())

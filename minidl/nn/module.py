@@ -271,9 +271,14 @@ class Module:
         return self.to("cuda")
 
     def zero_grad(self, set_to_none=True):
-        """Forget the gradients of all parameters."""
+        """Reset the gradients of all parameters: ``.grad = None`` (``set_to_none=True``, the
+        default, as torch), or zero the existing ``.grad`` arrays in place."""
         for p in self.parameters():
-            p.grad = None
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.data[...] = 0
+                p.grad._version += 1
 
     def requires_grad_(self, flag=True):
         for p in self.parameters():

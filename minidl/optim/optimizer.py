@@ -138,9 +138,15 @@ class Optimizer:
 
     # -- gradients ---------------------------------------------------------------------------
     def zero_grad(self, set_to_none=True):
-        """Forget every parameter's gradient (``.grad = None``; gradients accumulate)."""
+        """Reset every parameter's gradient (gradients accumulate): ``.grad = None``
+        (``set_to_none=True``, the default, as torch), or zero the existing ``.grad`` arrays in
+        place."""
         for p in self._params():
-            p.grad = None
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.data[...] = 0
+                p.grad._version += 1
 
     def step(self, closure=None):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} does not implement step()")

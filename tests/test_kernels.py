@@ -166,7 +166,7 @@ def numeric_vjp(f, x, gy, eps=1e-6):
 
 
 def pool_out(size, k, s, p, ceil_mode):
-    # Direct reading of torch's documented rule, written separately from minidl.geometry.pool_output_size.
+    # Direct reading of torch's documented rule, written apart from geometry.pool_output_size.
     import math
     v = (size + 2 * p - k) / s
     out = (math.ceil(v) if ceil_mode else math.floor(v)) + 1

@@ -8,7 +8,8 @@ from hypothesis import given, strategies as st
 
 from minidl.nn import Parameter
 from minidl.optim import SGD
-from minidl.optim.lr_scheduler import MultiStepLR, ReduceLROnPlateau, StepLR, Warmup
+from minidl.optim.lr_scheduler import (LRScheduler, MultiStepLR, ReduceLROnPlateau, StepLR,
+                                       Warmup)
 
 
 def _opt(lr=0.1, groups=1):
@@ -161,6 +162,15 @@ def test_state_round_trip_continues_identically(kind):
         s2.step(m)
         assert s2.get_last_lr() == s.get_last_lr()
         assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in opt.param_groups]
+
+
+def test_every_schedule_is_an_lr_scheduler_with_its_factor_kept_as_torch_names_it():
+    opt = _opt(0.1, groups=2)
+    for kind in ("step", "multi", "plateau", "warmup"):
+        assert isinstance(_make(kind, opt), LRScheduler)
+    # ReduceLROnPlateau's and Warmup's `factor` is the float argument, not a method
+    assert ReduceLROnPlateau(opt, factor=0.5).factor == 0.5
+    assert Warmup(opt, 0.25, steps=3).factor == 0.25
 
 
 # -- PyTorch cross-check (extra) ------------------------------------------------------------------

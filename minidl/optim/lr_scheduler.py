@@ -34,8 +34,12 @@ from minidl.optim.optimizer import check_index, check_number
 
 
 class LRScheduler:
-    """Base of the schedules whose rate is a function of the step count ``t = last_epoch``:
-    subclasses define ``factor(t)`` (the multiplier of each base rate), or ``get_lr()``."""
+    """Base of the schedules: the count ``last_epoch``, the base rates, ``get_last_lr()``,
+    ``state_dict()`` / ``load_state_dict()``.
+
+    Schedules whose rate is a function of the step count ``t = last_epoch`` define
+    ``multiplier(t)`` (the multiplier of each base rate) or ``get_lr()``; the others (Warmup,
+    ReduceLROnPlateau) override ``step``."""
 
     wants_metric = False  # True where step() uses a metric (the training loop passes one)
 
@@ -55,12 +59,13 @@ class LRScheduler:
         self._last_lr = [g["lr"] for g in optimizer.param_groups]
         self.step()
 
-    def factor(self, t):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def multiplier(self, t):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} defines neither multiplier(t) nor "
+                                  "get_lr()")
 
     def get_lr(self):
         """The rates for the current ``last_epoch``."""
-        f = self.factor(self.last_epoch)
+        f = self.multiplier(self.last_epoch)
         return [base * f for base in self.base_lrs]
 
     def step(self, metric=None):
@@ -82,9 +87,12 @@ class LRScheduler:
         return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state_dict):
+        """Restore what :meth:`state_dict` returned (lists stay lists after a JSON round trip)."""
         self.__dict__.update(state_dict)
-        self._last_lr = list(self._last_lr)
-        self.base_lrs = list(self.base_lrs)
+        for k in self._list_state:
+            setattr(self, k, list(getattr(self, k)))
+
+    _list_state = ("_last_lr", "base_lrs")
 
     def __repr__(self):
         return f"{type(self).__name__}(last_epoch={self.last_epoch}, lr={self.get_last_lr()})"
@@ -99,7 +107,7 @@ class StepLR(LRScheduler):
         self.gamma = float(check_number("StepLR", "gamma", gamma))
         super().__init__(optimizer, last_epoch)
 
-    def factor(self, t):
+    def multiplier(self, t):
         return self.gamma ** (t // self.step_size)
 
 
@@ -117,7 +125,7 @@ class MultiStepLR(LRScheduler):
         self.gamma = float(check_number("MultiStepLR", "gamma", gamma))
         super().__init__(optimizer, last_epoch)
 
-    def factor(self, t):
+    def multiplier(self, t):
         return self.gamma ** bisect.bisect_right(self.milestones, t)
 
 
@@ -178,7 +186,7 @@ class Warmup(LRScheduler):
                                 "it yourself once warmup.finished is True")
             if after.optimizer is not optimizer:
                 raise ValueError("Warmup: 'after' must schedule the same optimizer")
-        self.factor_ = float(factor)
+        self.factor = float(factor)
         self.steps = None if steps is None else int(steps)
         self.until = until
         self.mode = mode
@@ -193,8 +201,8 @@ class Warmup(LRScheduler):
 
     def _warm_factor(self, t):
         if self.mode == "constant":
-            return self.factor_
-        return self.factor_ + (1.0 - self.factor_) * min(t, self.steps) / self.steps
+            return self.factor
+        return self.factor + (1.0 - self.factor) * min(t, self.steps) / self.steps
 
     def step(self, metric=None):
         """Advance one step; ``metric`` is handed to the ``until`` condition."""
@@ -238,7 +246,7 @@ class Warmup(LRScheduler):
 # plateau
 
 
-class ReduceLROnPlateau:
+class ReduceLROnPlateau(LRScheduler):
     """Multiply the rate by ``factor`` when a metric has not improved for ``patience`` steps.
 
     PyTorch's arguments and rules: ``step(metric)`` counts a step as bad unless the metric beats
@@ -246,6 +254,10 @@ class ReduceLROnPlateau:
     "rel"``) or ``metric < best - threshold`` ("abs"); ``mode="max"`` mirrored. After more than
     ``patience`` bad steps in a row each group's rate becomes ``max(lr * factor, min_lr)``
     (changes smaller than ``eps`` are skipped) and the next ``cooldown`` steps are not counted.
+
+    Its rate depends on the metric history, not on the step count, so building it changes no
+    rate (unlike the other schedules, it takes no ``step()`` in its constructor, as torch); the
+    count, ``get_last_lr``, ``state_dict`` and ``load_state_dict`` are the base class's.
     """
 
     wants_metric = True
@@ -326,16 +338,7 @@ class ReduceLROnPlateau:
             if old - new > self.eps:
                 g["lr"] = new
 
-    def get_last_lr(self):
-        return list(self._last_lr)
-
-    def state_dict(self):
-        return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
-
-    def load_state_dict(self, state_dict):
-        self.__dict__.update(state_dict)
-        self.min_lrs = list(self.min_lrs)
-        self._last_lr = list(self._last_lr)
+    _list_state = ("_last_lr", "min_lrs")
 
     def __repr__(self):
         return (f"ReduceLROnPlateau(mode={self.mode!r}, factor={self.factor}, patience="

@@ -25,8 +25,9 @@ from minidl.tensor import Function, Tensor, unbroadcast
 
 
 def _to_tensor_like(value, like):
-    """Wrap a Python number / array as a Tensor compatible with ``like`` (dtype rule of DESIGN.md:
-    a Python scalar takes the tensor's floating dtype, so float32 stays float32)."""
+    """Wrap a Python number / array as a Tensor compatible with ``like`` (the dtype rule of
+    docs/design.md: a Python scalar takes the tensor's floating dtype, so float32 stays
+    float32)."""
     if isinstance(value, Tensor):
         return value
     if isinstance(value, (bool, int, float, np.number)) and not isinstance(value, np.ndarray):

@@ -80,7 +80,7 @@ def _is_array(x):
 
 
 def _as_array(data, dtype=None):
-    """Apply DESIGN.md's dtype rule and return an array (NumPy unless it already is CuPy).
+    """Apply docs/design.md's dtype rule and return an array (NumPy unless it already is CuPy).
 
     Arrays keep their dtype (float64 stays float64, int64 stays int64); Python floats and lists
     of them become float32, Python ints int64, bools bool.

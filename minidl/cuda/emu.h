@@ -1,7 +1,7 @@
 // emu.h -- the CUDA built-ins for compiling kernels/*.cu with g++ (force-included: -include emu.h).
 //
-// minidl runs the SAME .cu files on the CPU to test them without a GPU (see DESIGN.md, "CUDA
-// kernels and how they are tested without a GPU"). This header is the whole "CUDA" the kernel
+// minidl runs the SAME .cu files on the CPU to test them without a GPU (see docs/design.md,
+// "CUDA kernels, and how they are tested without a GPU"). This header is the whole "CUDA" the kernel
 // translation unit sees; the execution model lives in emu_runtime.cpp:
 //
 //   * every CUDA thread of a block is a fiber (its own small stack); one block runs at a time,

@@ -347,7 +347,7 @@ int __emu_launch(Body body, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
   }
   if (nthreads % 32 != 0) {
     set_error("block (%u,%u,%u) has %llu threads, not a multiple of the warp size 32 (a rule "
-              "of minidl kernels, DESIGN.md)", bx, by, bz, nthreads);
+              "of minidl kernels, docs/design.md)", bx, by, bz, nthreads);
     return -1;
   }
   if (gy > 65535 || gz > 65535 || gx > 0x7fffffffu) {

@@ -57,7 +57,7 @@ class EmulatorError(RuntimeError):
 
 
 class CompileError(RuntimeError):
-    """g++ rejected a kernel source compiled against emu.h (as NVRTC would, see DESIGN.md)."""
+    """g++ rejected a kernel source compiled against emu.h (as NVRTC would, see docs/design.md)."""
 
 
 # ---- configuration ---------------------------------------------------------------------------
@@ -223,9 +223,9 @@ def build(path, sanitize=None):
                                "data)")
     path = _source.resolve(path)
     src = _read(path)
-    problems = _source.lint(path)  # DESIGN.md's rules that g++ would not enforce by itself
+    problems = _source.lint(path)  # docs/design.md's rules that g++ would not enforce by itself
     if problems:
-        raise CompileError("kernel rule violations (see DESIGN.md):\n" + "\n".join(
+        raise CompileError("kernel rule violations (see docs/design.md):\n" + "\n".join(
             f"{path}:{line}: {msg}" for line, msg in problems))
     sigs = _source.parse_kernels(path)
     if not sigs:

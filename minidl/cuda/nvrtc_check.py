@@ -9,7 +9,7 @@ spill stores/loads. nvcc is not a substitute: it force-includes the CUDA runtime
 accepts what NVRTC rejects (INFINITY, int64_t, std::).
 
 Prints one table row per (kernel, arch) and exits non-zero on a compile error, on any register
-spill, or on a violation of DESIGN.md's kernel rules that no compiler catches
+spill, or on a violation of docs/design.md's kernel rules that no compiler catches
 (:func:`minidl.cuda.source.lint`: double literals in float code, #include, ...). Exit code 2 when
 NVRTC itself is not usable. NVRTC comes from CuPy's bindings (``cupy-cuda13x`` plus
 ``nvidia-cuda-nvrtc``, or ``cupy-cuda13x[ctk]``) or, without CuPy, from NVIDIA's

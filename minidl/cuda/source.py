@@ -4,8 +4,8 @@ The CUDA sources live in ``<repo>/kernels/*.cu`` (a checkout) and are installed 
 of ``minidl.kernels`` (an installed minidl); :func:`kernel_dir` finds whichever exists, the
 checkout first. :func:`parse_kernels` reads the ``extern "C" __global__ void name(...)`` entry
 points of a source and the C type of every parameter -- what the emulator's launch trampolines
-and its argument checks are generated from. :func:`lint` checks the kernel rules of DESIGN.md that
-no compiler enforces.
+and its argument checks are generated from. :func:`lint` checks the kernel rules of
+docs/design.md that no compiler enforces.
 """
 import os
 import re
@@ -155,7 +155,7 @@ _LINT_RULES = [
 
 
 def lint(path):
-    """Rule violations of DESIGN.md's kernel rules that compilers do not catch: ``[(line, msg)]``.
+    """Violations of docs/design.md's kernel rules that compilers do not catch: ``[(line, msg)]``.
 
     Literal checks skip lines of ``double``-specialised helpers that say so with a trailing
     ``// double`` comment.

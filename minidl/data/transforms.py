@@ -25,7 +25,7 @@ TenCrop                           no                           yes -> (10, C, h,
 SubtractMean, Normalize, FancyPCA no                           yes (also (..., C, H, W))
 ================================  ===========================  ================================
 
-The recipes (../shared/PAPERS.md)::
+The recipes, from the papers::
 
     # AlexNet: raw 0-255 values minus the mean image, subtracted before cropping
     Compose([Resize(256), CenterCrop(256), ToArray(scale=255.0), SubtractMean(mean),

@@ -9,8 +9,8 @@ PReLU (Delving Deep into Rectifiers, eq. 1 and 2-4), for x (N, C, ...) and a (C,
     dE/da_i = sum over batch and positions of dE/df * (y_i if y_i <= 0 else 0)
 
 channel-wise (one a per channel, summed over N and space) or channel-shared (one a, summed over
-channels too). y <= 0 takes the negative branch (DESIGN.md). a = 0 is ReLU; a fixed 0.01 is Leaky
-ReLU. The slope gradient is a deterministic reduction (NumPy's pairwise sums).
+channels too). y <= 0 takes the negative branch (docs/design.md). a = 0 is ReLU; a fixed 0.01 is
+Leaky ReLU. The slope gradient is a deterministic reduction (NumPy's pairwise sums).
 """
 import numpy as np
 

@@ -5,7 +5,7 @@ Local response normalization, across channels, in the AlexNet paper's form (x = 
     scale_i = k + alpha * sum_{j in window(i)} a_j^2          b_i = a_i / scale_i^beta
 
 at every (n, h, w), with the window of ``size`` = n channels ``[i - n//2, i + (n-1)//2]`` clipped
-to ``[0, C-1]`` (DESIGN.md; PyTorch's window, symmetric for odd n). alpha is NOT divided by n:
+to ``[0, C-1]`` (docs/design.md; PyTorch's window, symmetric for odd n). alpha is NOT divided by n:
 Caffe, cuDNN and PyTorch use ``k + alpha/n * sum``, so
 
     minidl  local_response_norm(x, n, alpha, beta, k)

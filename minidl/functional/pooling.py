@@ -9,7 +9,7 @@ and with ``ceil_mode`` a last window that would start in the bottom/right paddin
 (``(OH - 1) * s >= H + p``) is dropped. Padding never wins a max and, for the average, is counted
 in the divisor only with ``count_include_pad`` (and only up to ``H + p``, as PyTorch).
 
-Max pooling (DESIGN.md): in each window, scanned in row-major order, a value wins if
+Max pooling (docs/design.md): in each window, scanned in row-major order, a value wins if
 ``v > max or isnan(v)`` -- the first maximum wins ties and NaN propagates. The forward keeps the
 winner's per-plane index ``h*W + w`` (int32); the backward sends each output gradient to that
 input element (summing where overlapping windows pick the same one), deterministically.

@@ -24,7 +24,9 @@ CPU path. (PyTorch, by contrast, lets cuDNN convolutions use TF32 by default.)
 import os
 
 from minidl import backend
-from minidl.backend import is_available, synchronize  # noqa: F401
+from minidl.backend import is_available, synchronize
+
+__all__ = ["is_available", "synchronize", "tf32_enabled", "set_tf32", "apply_tf32"]
 
 _tf32 = {"on": None, "applied": None}
 

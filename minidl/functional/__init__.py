@@ -28,10 +28,14 @@ which the engine calls for CuPy arrays and which launch the CUDA kernels. The ot
 both devices with the same code through ``xp = backend.get_array_module(x)``. Window geometry
 (pairs, output sizes) is :mod:`minidl.geometry`'s.
 """
-from minidl.ops import (abs, add, argmax, argmin, clip, concatenate, div, exp, flatten,  # noqa: A004
-                        log, matmul, max, maximum, mean, min, minimum, mul, neg, permute, pow,
-                        reshape, sqrt, squeeze, stack, sub, sum, transpose, unsqueeze, var,
-                        where)
+# The engine's generic ops, re-exported explicitly (``name as name``) but kept out of __all__.
+from minidl.ops import (abs as abs, add as add, argmax as argmax, argmin as argmin, clip as clip,
+                        concatenate as concatenate, div as div, exp as exp, flatten as flatten,
+                        log as log, matmul as matmul, max as max, maximum as maximum, mean as mean,
+                        min as min, minimum as minimum, mul as mul, neg as neg, permute as permute,
+                        pow as pow, reshape as reshape, sqrt as sqrt, squeeze as squeeze,
+                        stack as stack, sub as sub, sum as sum, transpose as transpose,
+                        unsqueeze as unsqueeze, var as var, where as where)
 from minidl.functional.activation import leaky_relu, prelu, relu, sigmoid, tanh
 from minidl.functional.conv import col2im, conv2d, im2col
 from minidl.functional.dropout import dropout

@@ -11,10 +11,14 @@ Each module's docstring holds the layer table it implements. The ImageNet ResNet
 ``alexnet_owt`` use torchvision's module names, and every factory takes ``weights=PATH`` (a
 checkpoint :func:`minidl.load` reads, loaded with ``strict=True``).
 """
-from minidl.models.alexnet import (AlexNet, AlexNetOWT, alexnet, alexnet_one_gpu,  # noqa: F401
-                                   alexnet_owt)
-from minidl.models.prelu_nets import (PReLUNet, prelu_net14, prelu_net30,  # noqa: F401
+from minidl.models.alexnet import AlexNet, AlexNetOWT, alexnet, alexnet_one_gpu, alexnet_owt
+from minidl.models.prelu_nets import (PReLUNet, prelu_net14, prelu_net30,
                                       prelu_net_a, prelu_net_b, prelu_net_c)
-from minidl.models.resnet import (CifarResNet, ResNet, cifar_resnet, resnet18,  # noqa: F401
+from minidl.models.resnet import (CifarResNet, ResNet, cifar_resnet, resnet18,
                                   resnet20, resnet32, resnet34, resnet44, resnet50, resnet56,
                                   resnet101, resnet110, resnet152, resnet1202)
+
+__all__ = ["AlexNet", "AlexNetOWT", "alexnet", "alexnet_one_gpu", "alexnet_owt", "PReLUNet", "prelu_net14", "prelu_net30", "prelu_net_a",
+           "prelu_net_b", "prelu_net_c", "CifarResNet", "ResNet", "cifar_resnet", "resnet18",
+           "resnet20", "resnet32", "resnet34", "resnet44", "resnet50", "resnet56", "resnet101",
+           "resnet110", "resnet152", "resnet1202"]

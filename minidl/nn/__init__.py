@@ -1,6 +1,11 @@
 """Neural-network building blocks: Module, Parameter, containers, layers, loss modules and
 initializers."""
-from minidl.nn.module import Module, ModuleList, Parameter, Sequential  # noqa: F401
-from minidl.nn import init  # noqa: F401
-from minidl.nn.layers import *  # noqa: F401,F403
-from minidl.nn.loss import *  # noqa: F401,F403
+from minidl.nn import init
+from minidl.nn import layers as _layers
+from minidl.nn import loss as _loss
+from minidl.nn.layers import *  # noqa: F403  (the layers, listed in layers.__all__)
+from minidl.nn.loss import *  # noqa: F403  (the loss modules, listed in loss.__all__)
+from minidl.nn.module import Module, ModuleList, Parameter, Sequential
+
+__all__ = ["Module", "ModuleList", "Parameter", "Sequential", "init", *_layers.__all__,
+           *_loss.__all__]

@@ -12,13 +12,13 @@ See :mod:`minidl.optim.sgd` for the two SGD formulas side by side. :class:`Adam`
 and ``state_dict`` layout (``{"state": {index: {"step": ..., "exp_avg": ...}},
 "param_groups": [...]}``); every optimizer bumps ``p._version`` of each parameter it updates.
 """
-from minidl.optim.optimizer import Optimizer  # noqa: F401
-from minidl.optim.sgd import SGD  # noqa: F401
-from minidl.optim.adam import Adam, AdamW  # noqa: F401
-from minidl.optim.rmsprop import RMSprop  # noqa: F401
-from minidl.optim.adadelta import Adadelta  # noqa: F401
-from minidl.optim.groups import decay_groups  # noqa: F401
-from minidl.optim import lr_scheduler  # noqa: F401
+from minidl.optim.optimizer import Optimizer
+from minidl.optim.sgd import SGD
+from minidl.optim.adam import Adam, AdamW
+from minidl.optim.rmsprop import RMSprop
+from minidl.optim.adadelta import Adadelta
+from minidl.optim.groups import decay_groups
+from minidl.optim import lr_scheduler
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adadelta", "decay_groups",
            "lr_scheduler"]

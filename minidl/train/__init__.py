@@ -5,14 +5,14 @@
 
 See :mod:`minidl.train.loop` for a complete training script in a few lines.
 """
-from minidl.train.metrics import AverageMeter, target_rank, topk_correct, topk_error  # noqa
-from minidl.train.checkpoint import (CheckpointError, atomic_write, load_checkpoint,  # noqa
+from minidl.train.metrics import AverageMeter, target_rank, topk_correct, topk_error
+from minidl.train.checkpoint import (CheckpointError, atomic_write, load_checkpoint,
                                      read_checkpoint, save_checkpoint)
-from minidl.train.progress import Progress  # noqa: F401
-from minidl.train.log import EpochLog, append_jsonl, plot_curves, read_jsonl  # noqa: F401
-from minidl.train.loop import NonFiniteLossError, evaluate, model_device, train_one_epoch  # noqa
+from minidl.train.progress import Progress
+from minidl.train.log import EpochLog, append_jsonl, new_figure, plot_curves, read_jsonl
+from minidl.train.loop import NonFiniteLossError, evaluate, model_device, train_one_epoch
 
 __all__ = ["AverageMeter", "target_rank", "topk_correct", "topk_error", "atomic_write",
-           "CheckpointError", "load_checkpoint", "read_checkpoint", "save_checkpoint", "Progress", "EpochLog",
-           "append_jsonl", "plot_curves", "read_jsonl", "NonFiniteLossError", "evaluate",
-           "model_device", "train_one_epoch"]
+           "CheckpointError", "load_checkpoint", "read_checkpoint", "save_checkpoint",
+           "Progress", "EpochLog", "append_jsonl", "new_figure", "plot_curves", "read_jsonl",
+           "NonFiniteLossError", "evaluate", "model_device", "train_one_epoch"]

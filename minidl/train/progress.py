@@ -13,10 +13,20 @@ stream is not a terminal (logs, CI, pytest capture). ``quiet=False`` forces it o
 import sys
 import time
 
-try:  # optional extra
-    import tqdm as _tqdm
-except Exception:  # pragma: no cover - depends on the environment
-    _tqdm = None
+_UNLOADED = object()
+_tqdm = _UNLOADED  # the tqdm module once looked for; None when it is not installed
+
+
+def _tqdm_module():
+    """tqdm (an optional extra), imported on first use so ``import minidl`` does not load it."""
+    global _tqdm
+    if _tqdm is _UNLOADED:
+        try:
+            import tqdm as module
+        except ImportError:  # pragma: no cover - depends on the environment
+            module = None
+        _tqdm = module
+    return _tqdm
 
 
 def _fmt_time(seconds):
@@ -51,10 +61,9 @@ class Progress:
         self._last_print = 0.0
         self._bar = None
         self._closed = False
-        if use_tqdm is None:
-            use_tqdm = _tqdm is not None
-        if not self.quiet and use_tqdm and _tqdm is not None:
-            self._bar = _tqdm.tqdm(total=total, desc=desc, unit=unit, unit_scale=False,
+        tqdm = _tqdm_module() if (use_tqdm or use_tqdm is None) and not self.quiet else None
+        if tqdm is not None:
+            self._bar = tqdm.tqdm(total=total, desc=desc, unit=unit, unit_scale=False,
                                    file=self.file, dynamic_ncols=True, leave=True)
 
     # -- updates -----------------------------------------------------------------------------

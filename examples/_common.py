@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     import minidl  # noqa: F401
 
 from minidl import backend
+from minidl.train import atomic_write, new_figure
 
 
 def make_parser(doc, default_out):
@@ -59,27 +60,40 @@ def announce(title, config, scaled_note=None):
     sys.stdout.flush()
 
 
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {str(k): _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+def _plain(v, where, nonfinite):
+    """JSON-able copy of ``v`` (NumPy scalars to Python numbers); the paths of NaN/Inf floats
+    are collected in ``nonfinite`` (they are kept, not replaced)."""
     if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
-        return _clean(v.item())
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        nonfinite.append(where or "(top level)")
+        return v
+    if isinstance(v, dict):
+        return {str(k): _plain(x, f"{where}.{k}" if where else str(k), nonfinite)
+                for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x, f"{where}[{i}]", nonfinite) for i, x in enumerate(v)]
     return v
 
 
 def write_results(out, results):
-    """Write ``results`` (plus machine info) to ``out/results.json``; returns the path."""
+    """Write ``results`` (plus machine info) to ``out/results.json`` (a temporary file, then
+    renamed); returns the path.
+
+    NaN and infinite values (a diverged run, say) are written as JSON's common extension tokens
+    ``NaN`` / ``Infinity``, which Python's ``json`` reads back; a note names where they are, since
+    strict JSON parsers reject them."""
     results = dict(results)
     results.setdefault("machine", {"platform": platform.platform(), "python":
                                    platform.python_version(), "cpus": os.cpu_count()})
+    nonfinite = []
+    text = json.dumps(_plain(results, "", nonfinite), indent=1, allow_nan=True)
     path = os.path.join(out, "results.json")
-    with open(path, "w") as f:
-        json.dump(_clean(results), f, indent=1)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     print(f"wrote {path}")
+    if nonfinite:
+        print(f"note: {path} holds NaN/Infinity at {', '.join(nonfinite)} (Python's json reads "
+              "them; strict JSON parsers do not)")
     return path
 
 
@@ -107,15 +121,10 @@ def _fmt(v):
 
 def plot_lines(png, series, xlabel, ylabel, title=None, logy=False, hline=None):
     """``series``: {label: (xs, ys)} drawn as lines into ``png``. Returns the path, or None with
-    a one-line notice when matplotlib is missing."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except Exception:
-        print("note: matplotlib is not installed; no plot drawn (pip install matplotlib)")
+    a one-line notice (once) when matplotlib is missing."""
+    fig = new_figure((7, 4.5))
+    if fig is None:
         return None
-    fig = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(fig)
     ax = fig.subplots()
     for label, (xs, ys) in series.items():
         ax.plot(list(xs), list(ys), label=label)
@@ -137,15 +146,11 @@ def plot_lines(png, series, xlabel, ylabel, title=None, logy=False, hline=None):
 
 
 def plot_bars(png, groups, ylabel, title=None):
-    """``groups``: {series label: (category labels, values)} as grouped bars."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except Exception:
-        print("note: matplotlib is not installed; no plot drawn (pip install matplotlib)")
+    """``groups``: {series label: (category labels, values)} as grouped bars. Returns the path,
+    or None when matplotlib is missing."""
+    fig = new_figure((9, 4.5))
+    if fig is None:
         return None
-    fig = Figure(figsize=(9, 4.5))
-    FigureCanvasAgg(fig)
     ax = fig.subplots()
     n = max(len(groups), 1)
     w = 0.8 / n

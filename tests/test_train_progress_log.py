@@ -3,6 +3,7 @@ learning-curve PNG (and its graceful absence without matplotlib)."""
 import io
 import json
 import sys
+import types
 
 import pytest
 
@@ -11,6 +12,7 @@ import minidl.functional as F
 from minidl.data import DataLoader
 from minidl.optim import SGD
 from minidl.train import EpochLog, Progress, plot_curves, read_jsonl, train_one_epoch
+from minidl.train import log as train_log
 from minidl.train import progress as progress_mod
 
 from train_helpers import ArrayDataset, blobs, nn_mlp
@@ -102,15 +104,37 @@ def test_plot_curves_writes_a_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
-def test_plot_curves_without_matplotlib_prints_one_line(tmp_path, monkeypatch, capsys):
-    _write_log(tmp_path / "run.jsonl")
+def _hide_matplotlib(monkeypatch, replacement=None):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", replacement)  # None: import -> ImportError
+    monkeypatch.setattr(train_log, "_matplotlib_notice_shown", False)
+
+
+def test_plot_curves_without_matplotlib_prints_one_line_once(tmp_path, monkeypatch, capsys):
+    _write_log(tmp_path / "run.jsonl")
+    _hide_matplotlib(monkeypatch)
     assert plot_curves(tmp_path / "run.jsonl", tmp_path / "c.png") is None
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "matplotlib" in err
     assert not (tmp_path / "c.png").exists()
+    assert plot_curves(tmp_path / "run.jsonl", tmp_path / "c.png") is None
+    assert train_log.new_figure((2, 2)) is None
+    assert capsys.readouterr().err == ""  # said once per process
+
+
+def test_a_broken_matplotlib_is_not_taken_for_a_missing_one(monkeypatch):
+    class Broken(types.ModuleType):
+        def __getattr__(self, name):
+            raise RuntimeError("broken matplotlib install")
+
+    _hide_matplotlib(monkeypatch, Broken("matplotlib"))
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", Broken("matplotlib.figure"))
+    monkeypatch.setitem(sys.modules, "matplotlib.backends", Broken("matplotlib.backends"))
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg",
+                        Broken("matplotlib.backends.backend_agg"))
+    with pytest.raises(RuntimeError, match="broken matplotlib install"):
+        train_log.new_figure((2, 2))
 
 
 def test_last_record_per_epoch_wins():

@@ -8,8 +8,11 @@ Each line of the log is one JSON object, e.g.::
 (``*_top1`` / ``*_top5`` are error rates in [0, 1].) Lines are appended and flushed one at a
 time, so a crashed run keeps what it logged; after a resume, an epoch logged twice is read as its
 last line. :func:`plot_curves` draws the loss and the top-1/top-5 train/val errors against the
-epoch into a PNG with matplotlib when it is installed; without it, it prints a one-line notice
-and returns None (matplotlib is an optional extra).
+epoch into a PNG with matplotlib when it is installed; without it, it returns None.
+
+:func:`new_figure` is the one place matplotlib is imported (for the examples' plots too): a
+Figure on its own Agg canvas, or None and a one-line notice, printed once per process, when
+matplotlib (an optional extra) is not installed.
 """
 import json
 import math
@@ -89,22 +92,42 @@ def _series(records, key):
     return xs, ys
 
 
-def plot_curves(log_path, png_path, title=None):
-    """Draw loss (left) and top-1/top-5 error (right), train solid and val dashed, against the
-    epoch, from the JSONL log at ``log_path`` into ``png_path``. Returns ``png_path``, or None
-    (with a one-line notice on stderr) when matplotlib is not installed."""
+_matplotlib_notice_shown = False
+
+
+def new_figure(figsize):
+    """A matplotlib ``Figure`` of ``figsize`` inches on its own Agg canvas, or None when
+    matplotlib is not installed.
+
+    No pyplot: the figure and canvas are local, so no global backend or state is touched. Without
+    matplotlib (an optional extra) it prints a one-line notice on stderr, the first time only, and
+    returns None. Only ImportError means "not installed"; any other error of a broken install
+    propagates."""
+    global _matplotlib_notice_shown
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
-    except Exception:
-        print("minidl: matplotlib is not installed; no learning-curve PNG was drawn "
-              "(pip install matplotlib)", file=sys.stderr)
+    except ImportError:
+        if not _matplotlib_notice_shown:
+            _matplotlib_notice_shown = True
+            print("minidl: matplotlib is not installed; no plots are drawn "
+                  "(pip install matplotlib)", file=sys.stderr)
         return None
-    records = _by_epoch(read_jsonl(log_path))
-    # No pyplot: the figure and canvas are local, so no global backend or state is touched.
-    fig = Figure(figsize=(11, 4.2))
+    fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_curves(log_path, png_path, title=None):
+    """Draw loss (left) and top-1/top-5 error (right), train solid and val dashed, against the
+    epoch, from the JSONL log at ``log_path`` into ``png_path``. Returns ``png_path``, or None
+    when matplotlib is not installed (:func:`new_figure`)."""
+    fig = new_figure((11, 4.2))
+    if fig is None:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    records = _by_epoch(read_jsonl(log_path))
     ax_loss, ax_err = fig.subplots(1, 2)
     for split, style in (("train", "-"), ("val", "--")):
         xs, ys = _series(records, f"{split}_loss")

@@ -6,7 +6,8 @@ numpy is the only hard run-time requirement of ``import minidl``; everything els
   device and the handwritten kernels in ``kernels/*.cu``.
 * ``data``  -- Pillow, for decoding images (ImageFolder, GeneratedShapes).
 * ``plot``  -- matplotlib for learning-curve PNGs; tqdm for progress bars.
-* ``test``  -- what the test suite needs (pytest, hypothesis, Pillow, tqdm, matplotlib).
+* ``test``  -- what the test suite and CI need (pytest, hypothesis, Pillow, tqdm, matplotlib,
+  ruff).
 * ``mpi``   -- mpi4py and the MPICH library with its ``mpiexec``, for ``minidl.distributed``
   (data-parallel training over MPI; the "nccl" backend also sends its unique id over MPI).
 """
@@ -39,6 +40,7 @@ setup(
             "pillow>=9",
             "tqdm>=4.60",
             "matplotlib>=3.5",
+            "ruff>=0.4",
         ],
         # minidl.distributed: `mpiexec -n 2 python script.py` (the mpich wheel brings mpiexec)
         "mpi": ["mpi4py>=3.1", "mpich"],

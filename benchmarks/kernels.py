@@ -388,7 +388,7 @@ def _torch_side(T, case, sets, args):
     elif "torch_bw" in case:
         # backward through autograd: graph built once per buffer set, timed is the grad call
         run_sets = []
-        for s, cs in zip(tsets, sets):
+        for _s, cs in zip(tsets, sets):
             shape = case["shape"]
             x = T.randn(shape, device="cuda", requires_grad=True)
             extra = ()

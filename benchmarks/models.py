@@ -174,7 +174,7 @@ def torch_models():
         c0 = ch(64, width)
         layers = [tnn.Conv2d(3, c0, 7, 2), tnn.PReLU(c0, 0.25), tnn.MaxPool2d(3, 3)]
         cin = c0
-        for pool, n, c in (((3, 3), 4, 128), ((2, 2), 6, 256)):
+        for _pool, n, c in (((3, 3), 4, 128), ((2, 2), 6, 256)):
             if c == 256:
                 layers.append(tnn.MaxPool2d(2, 2))
             c = ch(c, width)

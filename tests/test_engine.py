@@ -373,7 +373,7 @@ def test_errors_name_shapes_and_dtypes():
     with pytest.raises(ValueError, match=r"grad has shape \(3,\).*\(2, 3\)"):
         (a * 2).backward(np.ones(3))
     with pytest.raises(AttributeError):
-        a.no_such_attribute
+        _ = a.no_such_attribute
 
 
 def test_cuda_request_without_gpu_is_a_clear_error():

@@ -3,6 +3,7 @@ data, a few iterations) in a subprocess, and write results.json and their plots.
 
 These check the plumbing (data -> model -> training -> evaluation -> files), not the papers'
 claims: the claims need the default budgets, whose measured results are in examples/README.md.
+Every test that starts a script is marked ``slow`` (``pytest -m "not slow"`` skips them).
 """
 import json
 import os
@@ -51,6 +52,7 @@ def assert_pngs(out, names):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # runs the script in a subprocess
 @pytest.mark.parametrize("script, claim", [
     ("alexnet_imagenet.py", "40.7%"), ("relu_vs_tanh.py", "six times faster"),
     ("init_study.py", "30-layer"), ("prelu_study.py", "Table 1"),
@@ -62,6 +64,7 @@ def test_help_names_the_paper_claim(script, claim, data_root):
         assert flag in out
 
 
+@pytest.mark.slow  # runs the script in a subprocess
 def test_alexnet_quickstart_smoke_and_resume(tmp_path, data_root):
     out = str(tmp_path / "alex")
     script = os.path.join(EXAMPLES, "alexnet_imagenet.py")
@@ -83,6 +86,7 @@ def test_alexnet_quickstart_smoke_and_resume(tmp_path, data_root):
         assert [json.loads(line)["epoch"] for line in f if line.strip()] == [1, 2]
 
 
+@pytest.mark.slow  # runs the script in a subprocess
 def test_alexnet_ablation_flags(tmp_path, data_root):
     out = str(tmp_path / "abl")
     run(os.path.join(EXAMPLES, "alexnet_imagenet.py"),
@@ -95,6 +99,7 @@ def test_alexnet_ablation_flags(tmp_path, data_root):
     assert r["val_eval"] == "centre crop"
 
 
+@pytest.mark.slow  # runs the script in a subprocess
 def test_alexnet_reads_an_imagenet_style_folder(tmp_path, data_root):
     """--data with train/ and val/ class folders (here: a copy of a few generated images)."""
     from PIL import Image
@@ -115,6 +120,7 @@ def test_alexnet_reads_an_imagenet_style_folder(tmp_path, data_root):
     assert "imnet" in r["data"] and r["chance_top1_error"] == 0.5
 
 
+@pytest.mark.slow  # runs the script in a subprocess
 def test_relu_vs_tanh_smoke(tmp_path, data_root):
     out = str(tmp_path / "rvt")
     run(os.path.join(EXAMPLES, "relu_vs_tanh.py"), ["--smoke", "--out", out], data_root)
@@ -137,6 +143,23 @@ def test_relu_vs_tanh_iteration_counting():
     assert m.iters_to([1.0] * 20, 0.25, 4) is None
 
 
+def test_write_results_keeps_nan_and_says_where(tmp_path, capsys):
+    sys.path.insert(0, EXAMPLES)
+    try:
+        import _common
+    finally:
+        sys.path.remove(EXAMPLES)
+    path = _common.write_results(str(tmp_path), {"loss": float("nan"), "err": [0.5, float("inf")],
+                                                 "ok": 1.0})
+    r = results(str(tmp_path))
+    assert path == os.path.join(str(tmp_path), "results.json")
+    assert r["loss"] != r["loss"] and r["err"] == [0.5, float("inf")] and r["ok"] == 1.0
+    out = capsys.readouterr().out
+    assert "NaN/Infinity at loss, err[1]" in out
+    assert [f for f in os.listdir(tmp_path) if f != "results.json"] == []  # no temporaries
+
+
+@pytest.mark.slow  # runs the script in a subprocess
 def test_init_study_smoke(tmp_path, data_root):
     out = str(tmp_path / "init")
     run(os.path.join(EXAMPLES, "init_study.py"), ["--smoke", "--out", out], data_root)
@@ -153,6 +176,7 @@ def test_init_study_smoke(tmp_path, data_root):
     assert_pngs(out, ["grad_norms.png", "response_std.png", "curves.png"])
 
 
+@pytest.mark.slow  # runs the script in a subprocess
 def test_prelu_study_smoke(tmp_path, data_root):
     out = str(tmp_path / "prelu")
     run(os.path.join(EXAMPLES, "prelu_study.py"), ["--smoke", "--out", out], data_root)
@@ -166,6 +190,7 @@ def test_prelu_study_smoke(tmp_path, data_root):
     assert_pngs(out, ["slopes.png", "curves.png"])
 
 
+@pytest.mark.slow  # runs the script in a subprocess
 def test_resnet_cifar_smoke_with_warmup(tmp_path, data_root):
     out = str(tmp_path / "res")
     run(os.path.join(EXAMPLES, "resnet_cifar.py"),
@@ -179,6 +204,7 @@ def test_resnet_cifar_smoke_with_warmup(tmp_path, data_root):
     assert_pngs(out, ["train_error.png", "response_std.png"])
 
 
+@pytest.mark.slow  # runs the script in a subprocess
 def test_benchmark_quick(tmp_path, data_root):
     out = str(tmp_path / "bench.json")
     text = run(os.path.join(ROOT, "benchmarks", "models.py"),

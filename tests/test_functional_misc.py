@@ -223,7 +223,8 @@ def test_cross_entropy_spatial_reductions_weights_and_ignore():
         pytest.approx(per.sum())
     assert F.cross_entropy(x, target, weight=w).item() == pytest.approx(per.sum() / wsum)
     for red in ("mean", "sum", "none"):
-        assert gradcheck(lambda x: F.cross_entropy(x, target, weight=w, reduction=red), [x])
+        assert gradcheck(lambda x, red=red: F.cross_entropy(x, target, weight=w, reduction=red),
+                         [x])
     assert gradcheck(lambda x: F.nll_loss(F.log_softmax(x), target), [x])
 
 

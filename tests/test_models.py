@@ -41,8 +41,8 @@ def alexnet_table_count(towers, width=1.0, num_classes=1000, side=6):
 def resnet_table_count(blocks, bottleneck, num_classes=1000):
     total = conv(3, 64, 7, bias=False) + bn(64)
     cin = 64
-    for stage, (n, c) in enumerate(zip(blocks, (64, 128, 256, 512))):
-        for j in range(n):
+    for n, c in zip(blocks, (64, 128, 256, 512)):
+        for _ in range(n):
             if bottleneck:
                 out = 4 * c
                 total += conv(cin, c, 1, bias=False) + bn(c) + conv(c, c, 3, bias=False) + bn(c)
@@ -91,6 +91,7 @@ def full_alexnet():
     return models.alexnet()
 
 
+@pytest.mark.slow  # the two full-size AlexNets (61M and 62M parameters)
 def test_alexnet_parameter_counts_match_the_table_and_the_issue(full_alexnet):
     assert alexnet_table_count(2) == 60_965_224
     assert alexnet_table_count(1) == 62_378_344
@@ -98,6 +99,7 @@ def test_alexnet_parameter_counts_match_the_table_and_the_issue(full_alexnet):
     assert models.alexnet(towers=1).num_parameters() == 62_378_344
 
 
+@pytest.mark.slow  # the full-size AlexNet
 def test_alexnet_layer_shapes_follow_the_paper(full_alexnet):
     m = full_alexnet
     convs = [mod for mod in m.modules() if isinstance(mod, nn.Conv2d)]
@@ -304,16 +306,17 @@ def test_alexnet_two_towers_normalize_within_each_tower():
 
 @pytest.mark.parametrize("fn, blocks, bottleneck, published", [
     (models.resnet18, (2, 2, 2, 2), False, 11_689_512),
-    (models.resnet34, (3, 4, 6, 3), False, 21_797_672),
-    (models.resnet50, (3, 4, 6, 3), True, 25_557_032),
-    (models.resnet101, (3, 4, 23, 3), True, 44_549_160),
-    (models.resnet152, (3, 8, 36, 3), True, 60_192_808),
+    pytest.param(models.resnet34, (3, 4, 6, 3), False, 21_797_672, marks=pytest.mark.slow),
+    pytest.param(models.resnet50, (3, 4, 6, 3), True, 25_557_032, marks=pytest.mark.slow),
+    pytest.param(models.resnet101, (3, 4, 23, 3), True, 44_549_160, marks=pytest.mark.slow),
+    pytest.param(models.resnet152, (3, 8, 36, 3), True, 60_192_808, marks=pytest.mark.slow),
 ])
 def test_imagenet_resnet_parameter_counts(fn, blocks, bottleneck, published):
     assert resnet_table_count(blocks, bottleneck) == published
     assert fn().num_parameters() == published
 
 
+@pytest.mark.slow  # three full-width ResNet-18s
 def test_resnet_shortcut_options_change_only_the_projections():
     a, b, c = (models.resnet18(shortcut=s).num_parameters() for s in "ABC")
     proj = lambda cin, cout: conv(cin, cout, 1, bias=False) + bn(cout)  # noqa: E731
@@ -325,8 +328,9 @@ def test_resnet_shortcut_options_change_only_the_projections():
         models.resnet18(shortcut="D")
 
 
-@pytest.mark.parametrize("depth, table6", [(20, 0.27e6), (32, 0.46e6), (44, 0.66e6),
-                                           (56, 0.85e6), (110, 1.7e6), (1202, 19.4e6)])
+@pytest.mark.parametrize("depth, table6", [
+    (20, 0.27e6), (32, 0.46e6), (44, 0.66e6), (56, 0.85e6), (110, 1.7e6),
+    pytest.param(1202, 19.4e6, marks=pytest.mark.slow)])
 def test_cifar_resnet_parameter_counts(depth, table6):
     expected = cifar_table_count(depth)
     assert abs(expected - table6) / table6 < 0.02   # Table 6's rounded sizes
@@ -395,8 +399,9 @@ def _scaled(table, width):
 
 @pytest.mark.parametrize("fn, table, layers", [
     (models.prelu_net14, NET14, 14), (models.prelu_net30, NET30, 30),
-    (models.prelu_net_a, NET_A, 19), (models.prelu_net_b, NET_B, 22),
-    (models.prelu_net_c, NET_C, 22)])
+    pytest.param(models.prelu_net_a, NET_A, 19, marks=pytest.mark.slow),
+    pytest.param(models.prelu_net_b, NET_B, 22, marks=pytest.mark.slow),
+    pytest.param(models.prelu_net_c, NET_C, 22, marks=pytest.mark.slow)])
 def test_prelu_net_parameter_counts(fn, table, layers):
     """At a quarter width (the full-size nets hold 75M-330M parameters, seconds each to draw);
     the full-size 14-layer count is checked separately."""
@@ -412,6 +417,7 @@ def test_prelu_net_parameter_counts(fn, table, layers):
     assert len(fn(width=w).weight_layers()) == layers
 
 
+@pytest.mark.slow  # the full-size net (tens of millions of parameters)
 def test_prelu_net14_full_size_count():
     stem, stages, spp = NET14
     assert models.prelu_net14().num_parameters() == prelu_table_count(stem, stages, spp)
@@ -490,6 +496,9 @@ def _fwd_bwd(model, size, n=2):
     assert all(np.isfinite(p.grad.numpy()).all() for p in params)
 
 
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize("name, build, size", [
     ("alexnet", lambda: models.alexnet(num_classes=10, width=0.125, input_size=67), 67),
     ("alexnet-1tower-ablations", lambda: models.alexnet(
@@ -503,18 +512,22 @@ def _fwd_bwd(model, size, n=2):
     ("prelu_net_b", lambda: models.prelu_net_b(num_classes=10, width=0.0625,
                                                init="xavier"), 32),
     ("prelu_net_c", lambda: models.prelu_net_c(num_classes=10, width=0.03125), 32),
-    ("resnet18", lambda: models.resnet18(num_classes=10), 32),
-    ("resnet34", lambda: models.resnet34(num_classes=10, shortcut="A"), 32),
-    ("resnet50", lambda: models.resnet50(num_classes=10), 32),
-    ("resnet101", lambda: models.resnet101(num_classes=10, shortcut="C", width=0.25), 32),
-    ("resnet152", lambda: models.resnet152(num_classes=10, width=0.25), 32),
+    # the full-width ImageNet ResNets (and the deep narrow ones) take seconds each: slow
+    pytest.param("resnet18", lambda: models.resnet18(num_classes=10), 32, marks=SLOW),
+    pytest.param("resnet34", lambda: models.resnet34(num_classes=10, shortcut="A"), 32,
+                 marks=SLOW),
+    pytest.param("resnet50", lambda: models.resnet50(num_classes=10), 32, marks=SLOW),
+    pytest.param("resnet101", lambda: models.resnet101(num_classes=10, shortcut="C",
+                                                       width=0.25), 32, marks=SLOW),
+    pytest.param("resnet152", lambda: models.resnet152(num_classes=10, width=0.25), 32,
+                 marks=SLOW),
     ("resnet20", lambda: models.resnet20(), 16),
     ("resnet20-plain", lambda: models.resnet20(plain=True), 16),
     ("resnet32", lambda: models.resnet32(shortcut="B"), 16),
     ("resnet44", lambda: models.resnet44(), 8),
     ("resnet56", lambda: models.resnet56(), 8),
     ("resnet110", lambda: models.resnet110(), 8),
-    ("resnet1202", lambda: models.resnet1202(), 4),
+    pytest.param("resnet1202", lambda: models.resnet1202(), 4, marks=SLOW),
 ])
 def test_forward_backward_every_model(name, build, size):
     minidl.manual_seed(0)

@@ -63,7 +63,7 @@ def test_train_eval_recursive_and_return_self():
 
 def test_unknown_attribute_raises_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        Net().nope
+        _ = Net().nope
 
 
 def test_assign_non_parameter_to_parameter_slot_is_an_error():
@@ -82,6 +82,7 @@ def test_state_dict_round_trip_and_errors():
     missing, unexpected = dst.load_state_dict(sd)
     assert missing == [] and unexpected == []
     for (n1, p1), (n2, p2) in zip(src.named_parameters(), dst.named_parameters()):
+        assert n1 == n2
         np.testing.assert_array_equal(p1.numpy(), p2.numpy())
     # loading copies: changing the source later does not change the destination
     src.scale.data[...] = 5

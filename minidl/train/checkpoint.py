@@ -310,7 +310,7 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, loader=None, st
     model_state, meta = read_checkpoint(path)
     parts = [(name, obj) for name, obj in (("optimizer", optimizer), ("scheduler", scheduler),
                                            ("loader", loader)) if obj is not None]
-    for name, obj in parts:
+    for name, _obj in parts:
         if meta.get(name) is None:
             raise CheckpointError(f"{path}: the checkpoint holds no {name} state, but a {name} "
                                   "was passed to load_checkpoint")

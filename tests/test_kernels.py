@@ -22,6 +22,7 @@ from hypothesis import given, strategies as st
 from minidl import backend
 from minidl.cuda import kernels as K
 from minidl.cuda.emulator import thread_order
+from minidl.geometry import conv_geometry
 
 _ORDERS = os.environ.get("MINIDL_TEST_EMU_ORDERS", "forward,reverse").split(",")
 _NO_TORCH = os.environ.get("MINIDL_TEST_NO_TORCH", "") not in ("", "0")
@@ -818,8 +819,8 @@ def test_batch_wide_column_layout(run, rng, shape, k, s, p, d):
     n*L + l of row r, col2im reads it back (its adjoint)."""
     x = rng.standard_normal(shape).astype(np.float32)
     N, C = shape[:2]
-    geo = K._conv_geometry(shape[2], shape[3], k, s, p, d)
-    L = geo[8] * geo[9]
+    geo = conv_geometry("im2col", shape, k, s, p, d)
+    L = geo.oh * geo.ow
     want = naive_im2col(x, k, s, p, d)  # (N, R, L)
     xp = run.xp
     col = xp.empty((want.shape[1], N * L), np.float32)

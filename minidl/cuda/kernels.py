@@ -478,8 +478,7 @@ def _shape_args(g):
 def _pool_divs(g):
     """The packed divisors (:func:`fast_divisor`) of W, H, OW, OH, SH, SW: the pooling kernels'
     last six arguments."""
-    _, _, H, W, OH, OW, _, _, SH, SW, _, _ = g
-    return tuple(fast_divisor(v) for v in (W, H, OW, OH, SH, SW))
+    return tuple(fast_divisor(v) for v in (g.w, g.h, g.ow, g.oh, g.sh, g.sw))
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):

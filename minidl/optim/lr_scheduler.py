@@ -269,7 +269,7 @@ class ReduceLROnPlateau(LRScheduler):
         check_index("ReduceLROnPlateau", "cooldown", cooldown)
         check_number("ReduceLROnPlateau", "threshold", threshold)
         check_number("ReduceLROnPlateau", "eps", eps)
-        for i, m in enumerate(min_lr if isinstance(min_lr, (list, tuple)) else [min_lr]):
+        for m in (min_lr if isinstance(min_lr, (list, tuple)) else [min_lr]):
             check_number("ReduceLROnPlateau", "min_lr", m)
         if mode not in ("min", "max"):
             raise ValueError(f"ReduceLROnPlateau: mode must be 'min' or 'max', got {mode!r}")

@@ -312,6 +312,7 @@ def _nvrtc_or_skip():
     return nvrtc_check
 
 
+@pytest.mark.slow  # NVRTC compiles every kernel twice (sm_80, sm_90); CI also runs nvrtc_check
 def test_nvrtc_compiles_every_kernel_without_spills():
     nvrtc_check = _nvrtc_or_skip()
     import io

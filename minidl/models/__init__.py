@@ -18,7 +18,8 @@ from minidl.models.resnet import (CifarResNet, ResNet, cifar_resnet, resnet18,
                                   resnet20, resnet32, resnet34, resnet44, resnet50, resnet56,
                                   resnet101, resnet110, resnet152, resnet1202)
 
-__all__ = ["AlexNet", "AlexNetOWT", "alexnet", "alexnet_one_gpu", "alexnet_owt", "PReLUNet", "prelu_net14", "prelu_net30", "prelu_net_a",
-           "prelu_net_b", "prelu_net_c", "CifarResNet", "ResNet", "cifar_resnet", "resnet18",
-           "resnet20", "resnet32", "resnet34", "resnet44", "resnet50", "resnet56", "resnet101",
-           "resnet110", "resnet152", "resnet1202"]
+__all__ = ["AlexNet", "AlexNetOWT", "alexnet", "alexnet_one_gpu", "alexnet_owt", "PReLUNet",
+           "prelu_net14", "prelu_net30", "prelu_net_a", "prelu_net_b", "prelu_net_c",
+           "CifarResNet", "ResNet", "cifar_resnet", "resnet18", "resnet20", "resnet32",
+           "resnet34", "resnet44", "resnet50", "resnet56", "resnet101", "resnet110", "resnet152",
+           "resnet1202"]

@@ -11,9 +11,8 @@
 
 What ``import minidl`` does: it needs NumPy only, and loads the engine (``Tensor``,
 ``Function``, grad modes, constructors; ``minidl.autograd.Function`` in PyTorch's static form),
-the generic ops, the random state, ``gradcheck``,
-``save``/``load``, and the subpackages ``functional``, ``nn``, ``optim``, ``data``, ``models``,
-``train`` and ``cuda`` (so ``minidl.nn.Conv2d`` works after ``import minidl`` alone). Optional
+the generic ops, the random state, ``gradcheck``, ``save``/``load``, and the subpackages
+``functional``, ``nn``, ``optim``, ``data``, ``models``, ``train`` and ``cuda`` (so ``minidl.nn.Conv2d`` works after ``import minidl`` alone). Optional
 dependencies are imported only when used: CuPy through :mod:`minidl.backend` (guarded: without
 it the "cuda" device raises a clear error), Pillow when an image is decoded, matplotlib when a
 plot is drawn, tqdm for progress bars, mpi4py by :mod:`minidl.distributed` (not imported here:

@@ -259,6 +259,39 @@ def test_state_dict_crosses_to_torch_and_back(name, kw):
         np.testing.assert_allclose(a.numpy(), c.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("name,kw", [CASES[1], CASES[8], CASES[10]])
+def test_state_dict_files_cross_between_minidl_save_and_torch_load(tmp_path, name, kw):
+    """minidl.save(opt.state_dict(), f.pt) -> torch.load -> torch optimizer, and torch.save ->
+    minidl.load -> minidl optimizer: both continue as the optimizers they were saved from."""
+    torch = _torch()
+    rng = np.random.default_rng(3)
+    w0s = [rng.normal(size=(2, 3)), rng.normal(size=(4,))]
+    ps, tps, mine, theirs = _pair_of_runs(torch, name, kw, w0s)
+
+    def run(pairs, n):
+        for _ in range(n):
+            gs = [rng.normal(size=p.shape) for p in ps]
+            for params, opt, wrap in pairs:
+                for p, g in zip(params, gs):
+                    p.grad = wrap(g)
+                opt.step()
+
+    run([(ps, mine, minidl.Tensor), (tps, theirs, torch.tensor)], 3)
+    minidl.save(mine.state_dict(), str(tmp_path / "mine.pt"))
+    torch.save(theirs.state_dict(), str(tmp_path / "theirs.pt"))
+    tps2 = [torch.nn.Parameter(torch.tensor(p.numpy())) for p in ps]
+    theirs2 = getattr(torch.optim, name)([{"params": [tps2[0]]}, {"params": [tps2[1]]}], lr=5.0)
+    theirs2.load_state_dict(torch.load(str(tmp_path / "mine.pt"), weights_only=True))
+    ps2 = [_param(tp.detach().numpy()) for tp in tps]
+    mine2 = MINE[name]([{"params": [ps2[0]]}, {"params": [ps2[1]]}], lr=5.0)
+    mine2.load_state_dict(minidl.load(str(tmp_path / "theirs.pt")))
+    run([(ps, mine, minidl.Tensor), (tps, theirs, torch.tensor), (tps2, theirs2, torch.tensor),
+         (ps2, mine2, minidl.Tensor)], 4)
+    for a, b, c, d in zip(ps, tps, tps2, ps2):
+        for other in (b.detach().numpy(), c.detach().numpy(), d.numpy()):
+            np.testing.assert_allclose(other, a.numpy(), rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop", "Adadelta"])
 def test_float32_matches_torch_float32_and_stays_in_place(name):
     torch = _torch()

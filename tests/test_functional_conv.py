@@ -269,3 +269,27 @@ def test_conv2d_bad_bias_and_rank():
 def test_col2im_rejects_mismatched_columns():
     with pytest.raises(ValueError, match=r"\(1, 9, 5\)"):
         F.col2im(np.zeros((1, 9, 5)), (4, 4), 3)
+
+
+@given(conv_cases(), st.integers(1, 2))
+def test_stride1_input_grad_as_conv_equals_col2im_path(case, extra):
+    """The stride-1 input gradient computed as a convolution of dy (used when O <= C) is the
+    col2im adjoint's result, for every padding the shortcut accepts (p <= d*(K-1))."""
+    from minidl.functional import conv as C
+    from minidl.geometry import conv_geometry
+    case = dict(case, s=(1, 1), c=case["c"] * extra)  # O <= C: the shortcut's condition
+    assume(case["o"] <= case["c"] and case["c"] % case["groups"] == 0)
+    kh, kw = case["k"]
+    assume(case["p"][0] <= case["d"][0] * (kh - 1) and case["p"][1] <= case["d"][1] * (kw - 1))
+    x, w, _ = _arrays(case)
+    geo = conv_geometry("conv2d", x.shape, case["k"], 1, case["p"], case["d"])
+    gy = np.random.default_rng(case["seed"] + 1).standard_normal(
+        (case["n"], case["o"], geo.oh, geo.ow))
+    gx = C._input_grad_as_conv(gy, w, x.shape, geo, case["groups"])
+    assert gx is not None
+    g, og, cg = case["groups"], case["o"] // case["groups"], case["c"] // case["groups"]
+    # the col2im path: dcol = W_g^T dY_g per group, then the adjoint of im2col
+    gy_g = gy.transpose(1, 0, 2, 3).reshape(g, og, -1)
+    dcol = np.concatenate([w.reshape(g, og, -1)[i].T @ gy_g[i] for i in range(g)])
+    ref = C._col2im_cn(dcol.reshape(case["c"], kh, kw, case["n"], geo.oh, geo.ow), x.shape, geo)
+    np.testing.assert_allclose(gx, ref, rtol=1e-10, atol=1e-10)

@@ -33,7 +33,7 @@ import numpy as np
 
 from minidl.backend import get_array_module
 from minidl.functional._utils import kernels
-from minidl.geometry import conv_geometry, pair
+from minidl.geometry import ConvGeometry, conv_geometry, pair
 from minidl.tensor import Function, Tensor
 
 # ----------------------------------------------------------------------------------------------
@@ -206,27 +206,59 @@ def _cols_cn(x, geo, groups):
                                               n * geo.oh * geo.ow)
 
 
+def _conv2d_numpy(x, w, b, geo, groups):
+    """The forward on NumPy arrays: one column buffer, one GEMM per group over the batch."""
+    n = x.shape[0]
+    o, cg, kh, kw = w.shape
+    og, oh, ow = o // groups, geo.oh, geo.ow
+    col = _cols_cn(x, geo, groups)
+    wg = w.reshape(groups, og, cg * kh * kw)
+    out = np.empty((n, o, oh, ow), dtype=x.dtype)
+    y = np.empty((og, n * oh * ow), dtype=x.dtype)
+    for g in range(groups):  # one GEMM per group over the whole batch
+        np.matmul(wg[g], col[g], out=y)                            # (O/G, N*OH*OW)
+        src = y.reshape(og, n, oh, ow).transpose(1, 0, 2, 3)
+        dst = out[:, g * og:(g + 1) * og]
+        if b is not None:
+            np.add(src, b[g * og:(g + 1) * og].reshape(1, og, 1, 1), out=dst)
+        else:
+            dst[...] = src
+    return out
+
+
+def _input_grad_as_conv(gy, w, x_shape, geo, groups):
+    """dx of a stride-1 convolution as a convolution of dy, or None where that does not apply.
+
+    With stride 1 the adjoint of the convolution is again a convolution: dy padded by
+    ``d*(K-1) - p`` and correlated with the kernels flipped in space and with their in/out
+    channels swapped (per group). This builds one column buffer from dy and multiplies, instead
+    of multiplying into a (C*KH*KW, N*OH*OW) column gradient and summing it back with col2im's
+    KH*KW strided read-modify-writes. The two cost about the same when O > C (the column buffer
+    is then built from the larger side), so it is used only for O <= C (the ResNets' 3x3
+    layers, AlexNet's conv4/conv5); the result is the same sum in another order.
+    """
+    n, c, h, wd = x_shape
+    o, cg, kh, kw = w.shape
+    if (geo.sh, geo.sw) != (1, 1) or o > c:
+        return None
+    ph, pw = geo.dh * (kh - 1) - geo.ph, geo.dw * (kw - 1) - geo.pw
+    if ph < 0 or pw < 0:
+        return None
+    og = o // groups
+    # (O, C/G, KH, KW) -> per group (C/G, O/G, KH, KW), flipped: (C, O/G, KH, KW)
+    wt = w.reshape(groups, og, cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    wt = np.ascontiguousarray(wt).reshape(c, og, kh, kw)
+    tgeo = ConvGeometry(kh, kw, 1, 1, ph, pw, geo.dh, geo.dw, h, wd)
+    return _conv2d_numpy(gy, wt, None, tgeo, groups)
+
+
 class Conv2dFunction(Function):
     """conv2d as im2col + one GEMM per group (NumPy), or the im2col kernel + cuBLAS (CuPy)."""
 
     def forward(self, x, w, b, geo, groups):
         self.geo, self.groups = geo, groups
         self.save_for_backward(x, w)
-        n = x.shape[0]
-        o, cg, kh, kw = w.shape
-        og, oh, ow = o // groups, geo.oh, geo.ow
-        col = _cols_cn(x, geo, groups)
-        wg = w.reshape(groups, og, cg * kh * kw)
-        out = np.empty((n, o, oh, ow), dtype=x.dtype)
-        for g in range(groups):  # one GEMM per group over the whole batch
-            y = np.matmul(wg[g], col[g])                           # (O/G, N*OH*OW)
-            src = y.reshape(og, n, oh, ow).transpose(1, 0, 2, 3)
-            dst = out[:, g * og:(g + 1) * og]
-            if b is not None:
-                np.add(src, b[g * og:(g + 1) * og].reshape(1, og, 1, 1), out=dst)
-            else:
-                dst[...] = src
-        return out
+        return _conv2d_numpy(x, w, b, geo, groups)
 
     def forward_cuda(self, x, w, b, geo, groups):
         self.geo, self.groups = geo, groups
@@ -240,9 +272,9 @@ class Conv2dFunction(Function):
         n, o, oh, ow = gy.shape
         _, cg, kh, kw = w.shape
         og, kg = o // groups, cg * kh * kw
-        gb = gy.sum(axis=(0, 2, 3)) if need_b else None
         # dY as (G, O/G, N*OH*OW): the layout of the forward GEMM's output
         gy_g = np.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(groups, og, n * oh * ow)
+        gb = gy_g.sum(axis=2).reshape(o) if need_b else None  # contiguous rows: a fast sum
         gw = gx = None
         if need_w:
             col = _cols_cn(x, geo, groups)
@@ -254,6 +286,8 @@ class Conv2dFunction(Function):
             gw = np.ascontiguousarray(gwt.transpose(0, 2, 1)).reshape(w.shape)
             del col
         if need_x:
+            gx = _input_grad_as_conv(gy, w, x.shape, geo, groups)
+        if need_x and gx is None:
             wg = w.reshape(groups, og, kg)
             dcol = np.empty((groups, kg, n * oh * ow), dtype=gy.dtype)
             for g in range(groups):

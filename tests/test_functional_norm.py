@@ -160,3 +160,14 @@ def test_batch_norm_errors():
         F.batch_norm(Tensor(np.zeros((1, 4))), None, None, training=True)
     with pytest.raises(ValueError, match="running_mean"):
         F.batch_norm(Tensor(np.zeros((2, 4))), None, None, training=False)
+
+
+def test_batch_norm_float32_statistics_with_a_large_mean():
+    """Two-pass statistics: a channel with mean 1e4 and std 1 normalizes as float64 does (the
+    one-pass E[x^2] - E[x]^2 would lose every digit of the variance in float32)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 3, 5, 5)) + np.array([1e4, -3e3, 0.0]).reshape(1, 3, 1, 1)
+    y32 = F.batch_norm(Tensor(x.astype(np.float32)), None, None, training=True)
+    ref = (x - x.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(
+        x.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y32.numpy(), ref, rtol=0, atol=2e-3)

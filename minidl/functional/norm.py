@@ -104,25 +104,61 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
 # batch normalization
 
 
-class BatchNormFunction(Function):
-    """y = gamma * (x - mu) / sqrt(var + eps) + beta over the axes ``self.axes``.
+def _channels_last_axis(a):
+    """(N, C, ...) as an (N, C, L) view: per-channel reductions run over contiguous rows."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
 
-    Training (batch statistics), with m = number of reduced elements:
-      dxhat = g * gamma;  dx = (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) / sqrt(var+eps)
-    Evaluation (fixed statistics): dx = g * gamma / sqrt(var + eps).
+
+def _channel_sum(a):
+    """sum over every axis but 1, as (C,): row sums (pairwise, contiguous), then over N."""
+    return _channels_last_axis(a).sum(axis=2).sum(axis=0)
+
+
+def _channel_dot(a, b):
+    """sum over every axis but 1 of a * b, as (C,), without an a * b temporary."""
+    xp = get_array_module(a)
+    return xp.einsum("ncl,ncl->c", _channels_last_axis(a), _channels_last_axis(b))
+
+
+def _batch_statistics(x):
+    """(mean, biased variance, x - mean) per channel, in two passes over x (exact, no
+    E[x^2] - E[x]^2 cancellation); the centred array is reused by the forward as xhat."""
+    m = x.size // x.shape[1]
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    mean = _channel_sum(x) / x.dtype.type(m)
+    centered = x - mean.reshape(shape)
+    var = _channel_dot(centered, centered) / x.dtype.type(m)
+    return mean, var, centered
+
+
+class BatchNormFunction(Function):
+    """y = gamma * xhat + beta, xhat = (x - mu) / sqrt(var + eps), per channel (axis 1).
+
+    Training (batch statistics), with m = number of reduced elements, a = gamma / sqrt(var+eps):
+      dbeta = sum(g),  dgamma = sum(g * xhat),  dx = a * (g - dbeta / m - xhat * dgamma / m)
+    Evaluation (fixed statistics): dx = a * g.
+
+    The per-channel sums are row sums of an (N, C, L) view and ``einsum`` dot products (no
+    product temporaries); the forward normalizes the centred array of the statistics in place
+    and the backward is three passes over g, so a training step reads and writes each
+    activation a few times instead of a dozen.
     """
 
-    def forward(self, x, weight, bias, mean, var, eps, axes, training):
+    def forward(self, x, weight, bias, mean, var, eps, training, centered=None):
+        shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+        self.shape, self.training = shape, training
         xp = get_array_module(x)
-        shape = [1] * x.ndim
-        shape[1] = x.shape[1]
-        self.shape, self.axes, self.training = tuple(shape), axes, training
-        inv_std = 1.0 / xp.sqrt(var.reshape(shape) + eps)
-        xhat = (x - mean.reshape(shape)) * inv_std
-        inv_std = inv_std.astype(x.dtype, copy=False)
-        xhat = xhat.astype(x.dtype, copy=False)
+        inv_std = (1.0 / xp.sqrt(var.astype(np.float64) + eps)).astype(x.dtype)
+        if centered is None:
+            xhat = x - mean.reshape(shape)
+        else:
+            xhat = centered  # x - mean, made by _batch_statistics for this call only
+        xhat *= inv_std.reshape(shape)
         self.save_for_backward(xhat, inv_std, *(() if weight is None else (weight,)))
-        y = xhat * weight.reshape(shape) if weight is not None else xhat.copy()
+        if weight is not None:
+            y = xhat * weight.reshape(shape)
+        else:
+            y = xhat.copy()
         if bias is not None:
             y += bias.reshape(shape)
         return y
@@ -131,18 +167,18 @@ class BatchNormFunction(Function):
         xhat, inv_std, *weight = self.saved_arrays
         weight = weight[0] if weight else None
         need_x, need_w, need_b = self.needs_input_grad
-        gw = (gy * xhat).sum(axis=self.axes) if need_w else None
-        gb = gy.sum(axis=self.axes) if need_b else None
+        stats = need_x and self.training
+        gb = _channel_sum(gy) if need_b or stats else None
+        gw = _channel_dot(gy, xhat) if need_w or stats else None
         gx = None
         if need_x:
-            gxhat = gy * weight.reshape(self.shape) if weight is not None else gy
+            a = inv_std if weight is None else weight * inv_std
+            gx = gy * a.reshape(self.shape)
             if self.training:
-                m1 = gxhat.mean(axis=self.axes, keepdims=True)
-                m2 = (gxhat * xhat).mean(axis=self.axes, keepdims=True)
-                gx = (gxhat - m1 - xhat * m2) * inv_std
-            else:
-                gx = gxhat * inv_std
-        return gx, gw, gb
+                m = xhat.size // xhat.shape[1]
+                gx -= xhat * (a * gw / m).reshape(self.shape)
+                gx -= (a * gb / m).reshape(self.shape)
+        return gx, (gw if need_w else None), (gb if need_b else None)
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
@@ -163,15 +199,14 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if t is not None and tuple(t.shape) != (c,):
             raise ValueError(f"batch_norm: {name} has shape {t.shape}, expected ({c},) for input "
                              f"of shape {x.shape}")
-    axes = (0,) + tuple(range(2, x.ndim))
     xd = x.data
+    centered = None
     if training:
-        m = int(np.prod([x.shape[a] for a in axes]))
+        m = xd.size // c
         if m <= 1:
             raise ValueError(f"batch_norm: expected more than 1 value per channel when training, "
                              f"got input of shape {x.shape}")
-        mean = xd.mean(axis=axes)
-        var = xd.var(axis=axes)
+        mean, var, centered = _batch_statistics(xd)
         if running_mean is not None:
             running_mean.data *= (1 - momentum)
             running_mean.data += momentum * mean.astype(running_mean.dtype, copy=False)
@@ -185,5 +220,5 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                              "running_var")
         mean = running_mean.data.astype(xd.dtype, copy=False)
         var = running_var.data.astype(xd.dtype, copy=False)
-    return BatchNormFunction.apply(x, weight, bias, mean=mean, var=var, eps=float(eps), axes=axes,
-                           training=bool(training))
+    return BatchNormFunction.apply(x, weight, bias, mean=mean, var=var, eps=float(eps),
+                                   training=bool(training), centered=centered)

@@ -287,7 +287,7 @@ def test_stride1_input_grad_as_conv_equals_col2im_path(case, extra):
         (case["n"], case["o"], geo.oh, geo.ow))
     gx = C._input_grad_as_conv(gy, w, x.shape, geo, case["groups"])
     assert gx is not None
-    g, og, cg = case["groups"], case["o"] // case["groups"], case["c"] // case["groups"]
+    g, og = case["groups"], case["o"] // case["groups"]
     # the col2im path: dcol = W_g^T dY_g per group, then the adjoint of im2col
     gy_g = gy.transpose(1, 0, 2, 3).reshape(g, og, -1)
     dcol = np.concatenate([w.reshape(g, og, -1)[i].T @ gy_g[i] for i in range(g)])

@@ -289,7 +289,7 @@ def test_workers_handle_batches_of_changing_size_and_free_shared_memory():
 def test_peeking_drops_nothing_and_a_new_iterator_restarts_the_epoch():
     ref = batches(DataLoader(Augmented(), batch_size=4, shuffle=True, seed=3))
     loader = DataLoader(Augmented(), batch_size=4, shuffle=True, seed=3)
-    x0, y0 = next(iter(loader))  # peek
+    _, y0 = next(iter(loader))  # peek
     np.testing.assert_array_equal(y0.numpy(), ref[0][1])
     assert loader.epoch == 0
     assert_same(batches(loader), ref)  # the whole of epoch 0, peeked batch included
@@ -495,9 +495,9 @@ class Slow(Dataset):
 
 
 def test_timeout_names_the_pending_sample_indices():
-    loader = DataLoader(Slow(5), batch_size=2, num_workers=2, timeout=2)
+    loader = DataLoader(Slow(5), batch_size=2, num_workers=2, timeout=5)
     got = []
-    with pytest.raises(RuntimeError, match=r"timed out after 2.0 s waiting for batch 2 .*"
+    with pytest.raises(RuntimeError, match=r"timed out after 5.0 s waiting for batch 2 .*"
                                            r"pending sample indices \[4, 5\]"):
         for _, y in loader:
             got.append(y.tolist())
@@ -579,3 +579,16 @@ def test_sigkill_of_the_process_group_mid_epoch_leaves_no_shared_memory(tmp_path
     else:
         pytest.fail("processes of the killed loader's group are still alive")
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
+
+
+def test_ranks_default_to_the_initialized_process_group(monkeypatch):
+    from minidl import distributed
+    monkeypatch.setattr(distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed, "get_world_size", lambda: 3)
+    monkeypatch.setattr(distributed, "get_rank", lambda: 2)
+    loader = DataLoader(Augmented(), batch_size=2)
+    assert (loader.num_replicas, loader.rank) == (3, 2)
+    explicit = DataLoader(Augmented(), batch_size=2, num_replicas=3, rank=2)
+    assert_same(batches(loader), batches(explicit))
+    monkeypatch.setattr(distributed, "is_initialized", lambda: False)
+    assert (DataLoader(Augmented()).num_replicas, DataLoader(Augmented()).rank) == (1, 0)

@@ -592,3 +592,33 @@ def test_ranks_default_to_the_initialized_process_group(monkeypatch):
     assert_same(batches(loader), batches(explicit))
     monkeypatch.setattr(distributed, "is_initialized", lambda: False)
     assert (DataLoader(Augmented()).num_replicas, DataLoader(Augmented()).rank) == (1, 0)
+
+
+def _our_segments():
+    from minidl.data.dataloader import SHM_PREFIX
+    if not os.path.isdir("/dev/shm"):
+        return []
+    return [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}{os.getpid()}_")]
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="needs SIGKILL")
+def test_a_worker_killed_mid_epoch_is_reported_and_nothing_is_left():
+    import signal
+    loader = DataLoader(Augmented(n=400), batch_size=2, num_workers=2)
+    with pytest.raises(RuntimeError, match=r"worker \d \(pid \d+\) exited unexpectedly with exit "
+                                           r"code -9.*sample indices \[\d+, \d+\]"):
+        for k, _ in enumerate(loader):
+            if k == 3:
+                victim = [p for p in mp.active_children() if p.name.startswith("minidl-data")]
+                os.kill(victim[0].pid, signal.SIGKILL)
+    assert not mp.active_children()
+    assert _our_segments() == []
+
+
+def test_spawned_workers_give_the_same_batches_and_leave_no_segments():
+    ref = batches(DataLoader(Augmented(), batch_size=4, shuffle=True, seed=5))
+    spawned = DataLoader(Augmented(), batch_size=4, shuffle=True, seed=5, num_workers=2,
+                         multiprocessing_context="spawn")
+    assert_same(batches(spawned), ref)
+    assert not mp.active_children()
+    assert _our_segments() == []

@@ -622,3 +622,41 @@ def test_spawned_workers_give_the_same_batches_and_leave_no_segments():
     assert_same(batches(spawned), ref)
     assert not mp.active_children()
     assert _our_segments() == []
+
+
+class WhoLoads(Dataset):
+    """Labels each sample with what the worker's init function and get_worker_info say."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        from minidl.data import get_worker_info
+        info = get_worker_info()
+        tag = -1 if info is None else info.id * 100 + info.num_workers * 10 + _INIT.get("x", 0)
+        return np.zeros(1, np.float32), tag
+
+
+_INIT = {}
+
+
+def _init_worker(worker_id):
+    _INIT["x"] = worker_id + 1
+
+
+def _failing_init(worker_id):
+    raise OSError(f"no GPU for worker {worker_id}")
+
+
+def test_worker_init_fn_and_get_worker_info():
+    tags = [y.tolist() for _, y in DataLoader(WhoLoads(), batch_size=2, num_workers=2,
+                                               worker_init_fn=_init_worker)]
+    # batch k is loaded by worker k % 2, whose init ran with its id
+    assert tags == [[21, 21], [122, 122], [21, 21], [122, 122]]
+    assert [y.tolist() for _, y in DataLoader(WhoLoads(), batch_size=4)] == [[-1] * 4] * 2
+    with pytest.raises(OSError, match="no GPU for worker 0") as info:
+        list(DataLoader(WhoLoads(), batch_size=2, num_workers=2, worker_init_fn=_failing_init))
+    assert any("worker_init_fn" in n for n in info.value.__notes__)
+    assert not mp.active_children()
+    with pytest.raises(TypeError, match="worker_init_fn"):
+        DataLoader(WhoLoads(), worker_init_fn=3)

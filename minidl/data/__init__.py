@@ -16,12 +16,13 @@ an image is first decoded or transformed.
   RandomResizedCrop, ColorJitter, Lambda``
 """
 from . import transforms
-from .dataloader import DataLoader, default_collate
+from .dataloader import DataLoader, WorkerInfo, default_collate, get_worker_info
 from .dataset import (CorruptImageWarning, CorruptSample, Dataset, Subset, current_rng,
                       sample_rng, shuffle_rng)
 from .datasets import CIFAR10, ImageFolder, ImageList, VisionDataset, image_extensions
 from .generated import SHAPES, GeneratedShapes
 
-__all__ = ["Dataset", "Subset", "DataLoader", "default_collate", "CorruptSample", "CorruptImageWarning",
-           "sample_rng", "shuffle_rng", "current_rng", "VisionDataset", "ImageFolder", "ImageList", "CIFAR10",
-           "GeneratedShapes", "SHAPES", "image_extensions", "transforms"]
+__all__ = ["Dataset", "Subset", "DataLoader", "default_collate", "get_worker_info",
+           "WorkerInfo", "CorruptSample", "CorruptImageWarning", "sample_rng",
+           "shuffle_rng", "current_rng", "VisionDataset", "ImageFolder", "ImageList",
+           "CIFAR10", "GeneratedShapes", "SHAPES", "image_extensions", "transforms"]

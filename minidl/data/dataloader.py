@@ -60,7 +60,7 @@ import numpy as np
 from .dataset import (CorruptImageWarning, CorruptSample, _check_seed, sample_rng, shuffle_rng,
                       using_rng)
 
-__all__ = ["DataLoader", "default_collate"]
+__all__ = ["DataLoader", "default_collate", "get_worker_info", "WorkerInfo"]
 
 SHM_PREFIX = "minidl_"  # name prefix of the loader's shared-memory segments (/dev/shm/minidl_*)
 
@@ -272,17 +272,51 @@ def _layout(arrays):
     return offsets, end
 
 
-def _worker_loop(dataset, collate_fn, seed, worker_id, index_queue, result_queue, parent_pid):
+class WorkerInfo:
+    """What :func:`get_worker_info` returns inside a worker: ``id`` (0..num_workers-1),
+    ``num_workers``, ``seed`` (the loader's) and ``dataset`` (this process's copy)."""
+    __slots__ = ("id", "num_workers", "seed", "dataset")
+
+    def __init__(self, id, num_workers, seed, dataset):
+        self.id, self.num_workers, self.seed, self.dataset = id, num_workers, seed, dataset
+
+    def __repr__(self):
+        return (f"WorkerInfo(id={self.id}, num_workers={self.num_workers}, seed={self.seed}, "
+                f"dataset={type(self.dataset).__name__})")
+
+
+_worker_info = None
+
+
+def get_worker_info():
+    """In a DataLoader worker process, its :class:`WorkerInfo` (as PyTorch's
+    ``torch.utils.data.get_worker_info``); None in the main process."""
+    return _worker_info
+
+
+def _worker_loop(dataset, collate_fn, seed, worker_id, index_queue, result_queue, parent_pid,
+                 num_workers=1, worker_init_fn=None):
     """Body of a worker process: load the batches asked for until told to stop (None)."""
+    global _worker_info
     # Ctrl-C reaches the whole process group; the main process handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Forked workers share the parent's global RNG states; make any use of them distinct.
     random.seed(hash((seed, worker_id, os.getpid())))
     np.random.seed((seed * 1000003 + worker_id * 7919 + os.getpid()) % 2**32)
+    _worker_info = WorkerInfo(worker_id, num_workers, seed,
+                              getattr(dataset, "dataset", dataset)
+                              if isinstance(dataset, _Adapter) else dataset)
+    init_error = None
+    if worker_init_fn is not None:
+        try:
+            worker_init_fn(worker_id)
+        except Exception as e:  # reported for every batch this worker is asked for
+            e.add_note(f"(raised by worker_init_fn in DataLoader worker {worker_id})")
+            init_error = e
     attached = {}  # shared-memory slots of the main process, by name
     try:
         _serve(dataset, collate_fn, seed, worker_id, index_queue, result_queue, parent_pid,
-               attached)
+               attached, init_error)
     finally:
         for shm in attached.values():
             try:
@@ -292,7 +326,7 @@ def _worker_loop(dataset, collate_fn, seed, worker_id, index_queue, result_queue
 
 
 def _serve(dataset, collate_fn, seed, worker_id, index_queue, result_queue, parent_pid,
-           attached):
+           attached, init_error=None):
     while True:
         try:
             task = index_queue.get(timeout=1.0)
@@ -315,6 +349,8 @@ def _serve(dataset, collate_fn, seed, worker_id, index_queue, result_queue, pare
             continue
         _, epoch, batch_no, indices, slot = task
         try:
+            if init_error is not None:
+                raise init_error
             batch, skipped = _load_batch(dataset, collate_fn, seed, epoch, batch_no, indices)
             arrays = []
             skeleton = _pack(batch, arrays)
@@ -423,7 +459,8 @@ class _WorkerPool:
             for w in range(n):
                 p = ctx.Process(target=_worker_loop, daemon=True, name=f"minidl-data-{w}",
                                 args=(loader._source, collate, loader.seed, w,
-                                      self.index_queues[w], self.result_queue, os.getpid()))
+                                      self.index_queues[w], self.result_queue, os.getpid(),
+                                      n, loader.worker_init_fn))
                 p.start()
                 self.workers.append(p)
         except Exception as e:
@@ -622,6 +659,9 @@ class DataLoader:
             past it a RuntimeError names the batch's sample indices. Ignored without workers.
         device: where the batches' Tensors live ("cpu" (default) or "cuda"); workers only
             build NumPy arrays, the main process moves them.
+        worker_init_fn: called as ``worker_init_fn(worker_id)`` in each worker process before
+            it loads anything (:func:`get_worker_info` tells it more); an exception it raises
+            is re-raised in the main process.
         num_replicas, rank: shard each epoch across ``num_replicas`` data-parallel ranks (both
             default to the initialized :mod:`minidl.distributed` group, else 1 and 0). Batch
             ``k`` of ``rank`` is the ``rank``-th ``batch_size`` slice of the ``k``-th batch of
@@ -634,7 +674,7 @@ class DataLoader:
 
     def __init__(self, dataset, batch_size=1, shuffle=False, num_workers=0, drop_last=False,
                  seed=0, prefetch_factor=2, multiprocessing_context=None, collate_fn=None,
-                 timeout=0, device=None, num_replicas=None, rank=None):
+                 timeout=0, device=None, num_replicas=None, rank=None, worker_init_fn=None):
         if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
             raise TypeError(f"DataLoader needs a dataset with __len__ and __getitem__, got "
                             f"{type(dataset).__name__}")
@@ -646,6 +686,9 @@ class DataLoader:
                              f"{prefetch_factor!r}")
         if collate_fn is not None and not callable(collate_fn):
             raise TypeError(f"collate_fn must be callable, got {type(collate_fn).__name__}")
+        if worker_init_fn is not None and not callable(worker_init_fn):
+            raise TypeError(f"worker_init_fn must be callable, got "
+                            f"{type(worker_init_fn).__name__}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.number)) \
                 or not timeout >= 0 or not math.isfinite(timeout):
             raise ValueError(f"timeout must be a non-negative number of seconds, got "
@@ -657,6 +700,7 @@ class DataLoader:
         self.drop_last = bool(drop_last)
         self.seed = _check_seed(seed)
         self.prefetch_factor = prefetch_factor
+        self.worker_init_fn = worker_init_fn
         self.multiprocessing_context = multiprocessing_context
         self.collate_fn = default_collate if collate_fn is None else collate_fn
         self.timeout = float(timeout)

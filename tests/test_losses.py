@@ -121,6 +121,40 @@ def test_cross_entropy_label_smoothing_with_weight_and_ignore_by_hand():
                                      0.6 * LN2 + 0.2 * 3 * LN2, 0.0], rtol=1e-14)
 
 
+def test_cross_entropy_with_class_probabilities_by_hand():
+    x = _t([[0.0, math.log(3.0)]])  # log p = [-ln 4, -ln 4/3]
+    ln4, ln43 = math.log(4.0), math.log(4 / 3)
+    q = _t([[0.5, 0.5]])
+    assert F.cross_entropy(x, q).item() == pytest.approx(0.5 * (ln4 + ln43), rel=1e-14)
+    # weights multiply each class term; "mean" divides by the number of samples only
+    got = F.cross_entropy(x, q, weight=_t([2.0, 1.0])).item()
+    assert got == pytest.approx(ln4 + 0.5 * ln43, rel=1e-14)
+    # smoothing 0.5 of a one-hot target: q = [0.75, 0.25]
+    got = F.cross_entropy(x, _t([[1.0, 0.0]]), label_smoothing=0.5).item()
+    assert got == pytest.approx(0.75 * ln4 + 0.25 * ln43, rel=1e-14)
+    # a one-hot probability target gives the class-index loss
+    x = _t(np.random.default_rng(0).normal(size=(5, 4)))
+    t = np.array([0, 3, 1, 1, 2])
+    assert F.cross_entropy(x, _t(np.eye(4)[t])).item() == pytest.approx(
+        F.cross_entropy(x, Tensor(t)).item(), rel=1e-14)
+    with pytest.raises(ValueError, match="weight"):
+        F.cross_entropy(x, _t(np.eye(4)[t]), weight=_t([1.0, 2.0]))
+
+
+@given(n=st.integers(1, 4), c=st.integers(2, 6), spatial=st.sampled_from([(), (2,), (2, 3)]),
+       reduction=st.sampled_from(["mean", "sum", "none"]),
+       smoothing=st.sampled_from([0.0, 0.2, 1.0]),
+       weighted=st.booleans(), seed=st.integers(0, 2**16))
+def test_cross_entropy_probabilities_gradcheck(n, c, spatial, reduction, smoothing, weighted,
+                                               seed):
+    rng = np.random.default_rng(seed)
+    x = _t(rng.normal(0, 2, (n, c) + spatial), True)
+    q = _t(np.moveaxis(rng.dirichlet(np.ones(c), size=(n,) + spatial), -1, 1), True)
+    w = _t(rng.uniform(0.2, 2, c)) if weighted else None
+    assert gradcheck(lambda x, q: F.cross_entropy(x, q, weight=w, reduction=reduction,
+                                                  label_smoothing=smoothing), [x, q])
+
+
 # -- against torch ---------------------------------------------------------------------------------
 
 def _both(torch, a, grad=True):
@@ -154,6 +188,30 @@ def test_pointwise_losses_match_torch(name, kw, reduction):
     tkw = {k: (torch.tensor(extra[v]) if isinstance(v, str) else v) for k, v in kw.items()}
     out = getattr(F, name)(x, y, reduction=reduction, **mkw)
     tout = getattr(torch.nn.functional, name)(tx, ty, reduction=reduction, **tkw)
+    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), rtol=1e-12, atol=1e-14)
+    g = rng.normal(size=out.shape)
+    out.backward(Tensor(g))
+    tout.backward(torch.tensor(g))
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(y.grad.numpy(), ty.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cross_entropy_with_probabilities_matches_torch(reduction, smoothing, weighted):
+    torch = _torch()
+    rng = np.random.default_rng(6)
+    logits = rng.normal(0, 2, (3, 4, 2, 2))
+    q = np.moveaxis(rng.dirichlet(np.ones(4), size=(3, 2, 2)), -1, 1)
+    w = rng.uniform(0.2, 2, 4) if weighted else None
+    x, tx = _both(torch, logits)
+    y, ty = _both(torch, q)
+    out = F.cross_entropy(x, y, weight=None if w is None else _t(w), reduction=reduction,
+                          label_smoothing=smoothing)
+    tout = torch.nn.functional.cross_entropy(tx, ty, weight=None if w is None else
+                                             torch.tensor(w), reduction=reduction,
+                                             label_smoothing=smoothing)
     np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), rtol=1e-12, atol=1e-14)
     g = rng.normal(size=out.shape)
     out.backward(Tensor(g))

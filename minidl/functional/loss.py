@@ -181,9 +181,19 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     class indices ``target`` (N,) or (N, d1, ...): ``nll_loss(log_softmax(input, 1), target)``,
     with torch's ``weight`` (per class), ``ignore_index``, ``reduction`` and
     ``label_smoothing`` in [0, 1] (formula in the module docstring). Stable for logits of any
-    magnitude."""
-    _check_target("cross_entropy", input, target)
+    magnitude.
+
+    ``target`` may also hold class *probabilities*: a floating Tensor/array of the input's shape
+    (torch's second form). Then ``loss_n = -sum_c w[c] * q_nc * log_softmax(x_n)[c]`` with
+    ``q = (1 - label_smoothing) * target + label_smoothing / C``; "mean" divides by the number
+    of samples (N times the spatial size; the weights are not in the denominator, as torch);
+    ``ignore_index`` does not apply; the loss is differentiable in the target too."""
     e = _check_smoothing(label_smoothing)
+    t = target.data if isinstance(target, Tensor) else target
+    if getattr(t, "dtype", None) is not None and np.dtype(t.dtype).kind == "f" \
+            and isinstance(input, Tensor) and tuple(t.shape) == input.shape:
+        return _cross_entropy_probs(input, target, weight, reduction, e)
+    _check_target("cross_entropy", input, target)
     logp = log_softmax(input, 1)
     nll = nll_loss(logp, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
     if e == 0.0:
@@ -206,6 +216,30 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     elif reduction == "sum":
         smooth = ops.sum(smooth)
     return nll * (1.0 - e) + smooth * (e / c)
+
+
+def _cross_entropy_probs(input, target, weight, reduction, e):
+    _check_reduction("cross_entropy", reduction)
+    if input.ndim < 2:
+        raise ValueError(f"cross_entropy: expected input (N, C) or (N, C, d1, ...), got shape "
+                         f"{input.shape}")
+    c = input.shape[1]
+    q = target if isinstance(target, Tensor) else Tensor(target, device=input.device)
+    if q.dtype != input.dtype:
+        q = q.to(dtype=input.dtype)
+    if e != 0.0:
+        q = q * (1.0 - e) + e / c
+    prod = log_softmax(input, 1) * q
+    if weight is not None:
+        xp = get_array_module(input.data)
+        w = xp.asarray(weight.data if isinstance(weight, Tensor) else weight)
+        if tuple(w.shape) != (c,):
+            raise ValueError(f"cross_entropy: weight has shape {tuple(w.shape)}, expected ({c},)")
+        prod = prod * Tensor(w.astype(input.dtype).reshape((1, c) + (1,) * (input.ndim - 2)))
+    losses = -ops.sum(prod, 1)
+    if reduction == "mean":
+        return ops.sum(losses) / float(max(losses.data.size, 1))
+    return ops.sum(losses) if reduction == "sum" else losses
 
 
 def _check_smoothing(e):

@@ -217,18 +217,24 @@ class Function:
     def _record_versions(self, inputs, out):
         """Remember the versions of the Tensors whose memory the saved arrays are."""
         recs = []
-        out_root = _root(out)
         for a in self.saved_arrays:
-            if a is None or not hasattr(a, "shape"):
-                continue
-            r = _root(a)
-            if a is out or r is out_root:
+            if a is out:
                 self._saves_output = True
                 continue
-            for t in inputs:
-                if t is not None and r is _root(t._data):
+            for t in inputs:  # the usual case: an input's own array, matched by identity
+                if t is not None and t._data is a:
                     recs.append((t, t._version))
                     break
+            else:
+                if a is not None and hasattr(a, "shape"):  # a view of an input or the output?
+                    r = _root(a)
+                    if r is _root(out):
+                        self._saves_output = True
+                        continue
+                    for t in inputs:
+                        if t is not None and r is _root(t._data):
+                            recs.append((t, t._version))
+                            break
         if recs:
             self._saved_versions = tuple(recs)
 
@@ -733,12 +739,14 @@ class Tensor:
                 if gx.shape != pd.shape:
                     raise RuntimeError(f"{type(fn).__name__}.backward returned a gradient of "
                                        f"shape {tuple(gx.shape)} for an input of shape {p.shape}")
-                if gx.dtype != pd.dtype:
+                if gx.dtype is not pd.dtype and gx.dtype != pd.dtype:
                     gx = gx.astype(pd.dtype)
                 prev = grads.get(id(p))
                 grads[id(p)] = gx if prev is None else prev + gx
             if not retain_graph:
-                fn._free()  # drops the parents and what it saved; the node stays, marked freed
+                # drop the parents and what it saved; the node stays, marked freed (fn._free())
+                fn.__dict__.clear()
+                fn._freed = True
 
     # -- representation --------------------------------------------------------------------
     def __repr__(self):

@@ -463,3 +463,19 @@ def test_grad_fn_names():
         def backward(self, g):
             return g
     assert "grad_fn=<Conv2dBackward>" in repr(Conv2dFunction.apply(x))
+
+
+def test_backward_hooked_module_still_gradchecks_and_a_replacing_hook_changes_the_gradient():
+    lin = nn.Linear(3, 2).double()
+    x = Tensor(np.random.default_rng(1).normal(size=(4, 3)), requires_grad=True)
+    handle = lin.register_full_backward_hook(lambda m, gi, go: None)
+    assert minidl.gradcheck(lambda x, w: minidl.functional.linear(x, w) + lin(x), [x, lin.weight])
+    handle.remove()
+    lin.register_full_backward_hook(lambda m, gi, go: (gi[0] * 1.1,))
+    # the hook scales dL/dx by 1.1: finite differences no longer agree (the hook is applied)
+    assert not minidl.gradcheck(lambda x: lin(x), [x], raise_exception=False)
+
+
+def test_clone_gradcheck():
+    x = leaf(np.random.default_rng(2).normal(size=(2, 3)))
+    assert minidl.gradcheck(lambda x: x.clone() * x, [x])

@@ -600,6 +600,23 @@ class Tensor:
         """Set every element to 0; returns self."""
         return self.fill_(0)
 
+    def __setitem__(self, index, value):
+        """``x[index] = value`` in place (bumps ``_version``), under the rules of the other
+        in-place methods; a ``value`` that requires grad is refused (build the result with
+        ``minidl.where`` or ``concatenate`` instead)."""
+        if self._check_inplace("x[index] = value", (value,)):
+            raise RuntimeError(
+                f"x[index] = value: the value requires grad, and minidl does not record an "
+                f"indexed assignment into a tensor of shape {self.shape}; build the result "
+                "out of place (minidl.where, concatenate) instead")
+        v = value._data if isinstance(value, Tensor) else value
+        d = self._data
+        idx = ops._clean_index(index)
+        if getattr(d, "flags", None) is not None and not d.flags.writeable:
+            d = self._data = d.copy()
+        d[idx] = v
+        self._version += 1
+
     def __iadd__(self, other): return self.add_(other)
     def __isub__(self, other): return self.sub_(other)
     def __imul__(self, other): return self.mul_(other)

@@ -479,3 +479,23 @@ def test_backward_hooked_module_still_gradchecks_and_a_replacing_hook_changes_th
 def test_clone_gradcheck():
     x = leaf(np.random.default_rng(2).normal(size=(2, 3)))
     assert minidl.gradcheck(lambda x: x.clone() * x, [x])
+
+
+def test_setitem_writes_in_place_and_follows_the_in_place_rules():
+    x = Tensor(np.zeros((2, 3)))
+    x[0, 1] = 5.0
+    x[:, 2] = Tensor(np.array([1.0, 2.0]))
+    x[x == 0] = -1.0
+    np.testing.assert_array_equal(x.numpy(), [[-1, 5, 1], [-1, -1, 2]])
+    assert x._version == 3
+    w = leaf([1.0, 2.0])
+    y = (w * x[0, :2]).sum()   # Mul saves w's array
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        w[0] = 3.0
+    with minidl.no_grad():
+        w[0] = 3.0
+    np.testing.assert_array_equal(w.numpy(), [3.0, 2.0])
+    with pytest.raises(RuntimeError, match="version 1; expected version 0"):
+        y.backward()   # Mul saved w's array, changed by the assignment
+    with pytest.raises(RuntimeError, match="value requires grad"):
+        x[0] = leaf([1.0, 2.0, 3.0])

@@ -494,6 +494,7 @@ class Slow(Dataset):
         return np.zeros(2, np.float32), i
 
 
+@pytest.mark.slow  # waits out the loader's timeout
 def test_timeout_names_the_pending_sample_indices():
     loader = DataLoader(Slow(5), batch_size=2, num_workers=2, timeout=5)
     got = []

@@ -53,6 +53,7 @@ def test_step_timeouts_are_configurable(tmp_path):
     assert line and line[0].split()[-1] == "7", r.stdout
 
 
+@pytest.mark.slow  # runs every step of the script (each cut short by its timeout)
 def test_forced_run_records_every_step_with_timeouts_and_a_summary(tmp_path):
     """GPU_CHECK_FORCE=1 runs the real path without a GPU: the steps fail quickly, one is cut
     by its 2-second timeout, and the script must still log each step, write steps.jsonl and the

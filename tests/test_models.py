@@ -178,6 +178,7 @@ def alexnet_one_gpu_table_count(width=1.0, num_classes=1000, side=6):
             + fc(c[4] * side * side, c[5]) + fc(c[5], c[5]) + fc(c[5], num_classes))
 
 
+@pytest.mark.slow  # the full-size one-GPU AlexNet
 def test_alexnet_one_gpu_matches_footnote_2():
     assert alexnet_one_gpu_table_count() == 59_798_312
     m = models.alexnet_one_gpu()
@@ -237,6 +238,7 @@ def test_bottleneck_stride_in_1x1_or_3x3():
     assert not np.allclose(paper(x).numpy(), v15(x).numpy())
 
 
+@pytest.mark.slow  # builds, saves and reloads every model
 def test_weights_argument_on_every_factory(tmp_path):
     builders = {
         "alexnet": dict(num_classes=10, width=0.125, input_size=67),

@@ -93,17 +93,20 @@ def _preprocess(path):
     return torch.from_numpy(x.transpose(2, 0, 1).copy())[None]
 
 
+@pytest.mark.slow  # runs examples/pretrained.py in a subprocess
 def test_without_weights_it_says_what_to_pass():
     p = run([], expect_ok=False)
     assert p.returncode != 0
     assert "--weights" in p.stderr and "state_dict" in p.stderr and "torch.save" in p.stderr
 
 
+@pytest.mark.slow  # runs examples/pretrained.py in a subprocess
 def test_help():
     p = run(["--help"])
     assert "--weights" in p.stdout and "--image" in p.stdout and "--labels" in p.stdout
 
 
+@pytest.mark.slow  # runs examples/pretrained.py in a subprocess
 def test_resnet_checkpoint_classifies_like_torch_and_draws_kernels(tmp_path):
     torch.manual_seed(0)
     tm = ResNet18().eval()
@@ -145,6 +148,7 @@ def test_resnet_checkpoint_classifies_like_torch_and_draws_kernels(tmp_path):
     assert (a[0] == 255).all() and (a[:, 29] == 255).all()      # the gaps are white
 
 
+@pytest.mark.slow  # runs examples/pretrained.py in a subprocess
 def test_alexnet_checkpoint_is_recognized_and_indices_shown_without_labels(tmp_path):
     torch.manual_seed(0)
     c = (4, 12, 24, 16, 16, 256)            # torchvision AlexNet at 1/16 width
@@ -179,6 +183,7 @@ def test_alexnet_checkpoint_is_recognized_and_indices_shown_without_labels(tmp_p
     assert "alexnet_owt" in p.stdout
 
 
+@pytest.mark.slow  # runs examples/pretrained.py in a subprocess
 def test_bad_checkpoint_keys_are_reported(tmp_path):
     torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "odd.pth")
     p = run(["--weights", tmp_path / "odd.pth"], expect_ok=False)

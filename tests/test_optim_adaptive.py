@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as hst
 
 import minidl
 from minidl.nn import Parameter
@@ -214,6 +216,33 @@ def _compare_state_dicts(mine, theirs):
         for k in set(g) - {"style"}:
             assert g[k] == tg[k] and type(g[k]) is type(tg[k]), (k, g[k], tg[k])
 
+
+@given(name=hst.sampled_from(["Adam", "AdamW", "RMSprop", "Adadelta", "SGD"]),
+       lr=hst.sampled_from([1e-3, 0.05, 1.0]), wd=hst.sampled_from([0, 0.01, 0.3]),
+       flag=hst.booleans(), maximize=hst.booleans(), m=hst.sampled_from([0.0, 0.5, 0.95]),
+       shape=hst.tuples(hst.integers(1, 4), hst.integers(1, 5)), steps=hst.integers(1, 6),
+       seed=hst.integers(0, 2**16))
+def test_drawn_hyperparameters_match_torch(name, lr, wd, flag, maximize, m, shape, steps, seed):
+    torch = _torch()
+    kw = {"lr": lr, "weight_decay": wd, "maximize": maximize}
+    if name in ("Adam", "AdamW"):
+        kw.update(amsgrad=flag, betas=(m, 0.999 if flag else 0.9))
+    elif name == "RMSprop":
+        kw.update(centered=flag, momentum=m, alpha=0.9 if flag else 0.99)
+    elif name == "Adadelta":
+        kw.update(rho=m)
+    else:
+        kw.update(momentum=m, nesterov=flag and m > 0)
+    rng = np.random.default_rng(seed)
+    w0 = rng.normal(size=shape)
+    p, tp = _param(w0), torch.nn.Parameter(torch.tensor(w0))
+    mine, theirs = MINE[name]([p], **kw), getattr(torch.optim, name)([tp], **kw)
+    for _ in range(steps):
+        g = rng.normal(size=shape) * rng.choice([1e-3, 1.0, 1e3])
+        p.grad, tp.grad = minidl.Tensor(g), torch.tensor(g)
+        mine.step()
+        theirs.step()
+        np.testing.assert_allclose(p.numpy(), tp.detach().numpy(), rtol=1e-11, atol=1e-13)
 
 @pytest.mark.parametrize("name,kw", CASES[::2])
 def test_state_dict_crosses_to_torch_and_back(name, kw):

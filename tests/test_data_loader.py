@@ -12,7 +12,9 @@ from minidl.data import (CorruptImageWarning, CorruptSample, DataLoader, Dataset
                          sample_rng)
 from minidl.data import transforms as T
 
-Image = pytest.importorskip("PIL.Image")
+from conftest import require
+
+Image = require("PIL.Image", "Pillow-based test module")
 
 N = 23
 

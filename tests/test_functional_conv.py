@@ -9,6 +9,8 @@ import minidl
 import minidl.functional as F
 from minidl import Tensor, gradcheck
 
+from conftest import require
+
 
 def naive_conv2d(x, w, b, stride, padding, dilation, groups):
     """y[n,o,i,j] = b[o] + sum_{c in group(o), kh, kw} w[o,c,kh,kw] x[n, c, i*s-p+kh*d, ...]."""
@@ -201,7 +203,7 @@ def test_im2col_col2im_tensors_are_differentiable():
 
 
 def test_im2col_matches_torch_unfold():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 3, 9, 7))
     col = F.im2col(x, (3, 2), (2, 1), (1, 1), (2, 1))
@@ -214,7 +216,7 @@ def test_im2col_matches_torch_unfold():
 
 
 def test_conv2d_matches_torch_forward_and_backward():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 4, 9, 8))
     w = rng.standard_normal((6, 2, 3, 3))

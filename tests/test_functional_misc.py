@@ -8,6 +8,8 @@ import minidl
 import minidl.functional as F
 from minidl import Tensor, gradcheck
 
+from conftest import require
+
 
 def away_from_zero(shape, seed, margin=0.1):
     """Random values with |x| >= margin: finite differences never cross PReLU's kink."""
@@ -229,7 +231,7 @@ def test_cross_entropy_spatial_reductions_weights_and_ignore():
 
 
 def test_cross_entropy_matches_torch():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     rng = np.random.default_rng(2)
     logits, target = rng.standard_normal((5, 7)) * 10, rng.integers(0, 7, 5)
     ours = F.cross_entropy(Tensor(logits), target).item()

@@ -7,6 +7,8 @@ from hypothesis import given, strategies as st
 import minidl.functional as F
 from minidl import Tensor, gradcheck
 
+from conftest import require
+
 
 def naive_lrn(x, n, alpha, beta, k):
     """b_i = a_i / (k + alpha * sum_{j=max(0, i-n//2)}^{min(C-1, i+(n-1)//2)} a_j^2)^beta."""
@@ -77,7 +79,7 @@ def test_lrn_non_contiguous_and_float32(device):
 
 
 def test_lrn_matches_torch_with_alpha_times_n():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     x = np.random.default_rng(2).standard_normal((2, 7, 3, 3)) * 5
     for n in (3, 4, 5):
         xt = torch.tensor(x, requires_grad=True)

@@ -10,6 +10,8 @@ from hypothesis import assume, given, strategies as st
 import minidl.functional as F
 from minidl import Tensor, gradcheck
 
+from conftest import require
+
 
 def out_size(size, k, s, p, ceil_mode):
     """PyTorch/Caffe: floor (or ceil) of (size + 2p - k)/s + 1, dropping a last window that
@@ -191,7 +193,7 @@ def test_pooling_float32_keeps_dtype(device):
 
 
 def test_pool_matches_torch():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     x = tie_free((2, 3, 9, 8), 5)
     for k, s, p, cm in [(3, 2, 0, False), (3, 2, 1, True), ((2, 3), (2, 1), (1, 1), True)]:
         np.testing.assert_array_equal(

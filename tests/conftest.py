@@ -43,7 +43,7 @@ def _commit_seed():
     """A seed from the checked-out commit (0 when this is not a git checkout)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
-                              capture_output=True, text=True, timeout=10).stdout.strip()
+                              capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         head = ""
     return int(hashlib.sha256(head.encode()).hexdigest()[:8], 16) if head else 0

@@ -9,9 +9,8 @@ import ast
 import glob
 import os
 
-import pytest
-
 import conftest
+import pytest
 from conftest import require
 
 HERE = os.path.dirname(os.path.abspath(__file__))

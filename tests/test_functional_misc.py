@@ -36,7 +36,7 @@ def test_api_names_exist():
 # PReLU
 
 
-@given(st.integers(1, 3), st.integers(1, 4), st.booleans(), st.integers(0, 999),
+@given(st.integers(1, 4), st.integers(1, 8), st.booleans(), st.integers(0, 999),
        st.sampled_from([2, 3, 4]))
 def test_prelu_forward_and_gradcheck(n, c, shared, seed, ndim):
     shape = (n, c) + (3, 2)[:ndim - 2]

@@ -344,7 +344,7 @@ def test_default_collate_structures_and_dtypes_by_hand():
 
 
 def test_default_collate_matches_torch():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from torch.utils.data import default_collate as torch_collate
 
     from minidl.data import default_collate

@@ -55,7 +55,8 @@ def test_no_importorskip_of_cross_check_dependencies():
                     and n.args and isinstance(n.args[0], ast.Constant) \
                     and str(n.args[0].value).split(".")[0] in ("torch", "PIL"):
                 bad.append(f"{name}:{n.lineno} importorskip({n.args[0].value!r})")
-    assert not bad, f"use conftest.require (fails in CI): {bad}"
+    assert not bad, ("write `from conftest import require` and `torch = require(\"torch\")`: "
+                     f"a skip locally, a failure in CI when it is missing: {bad}")
 
 
 def test_no_skip_on_a_broad_exception():

@@ -317,7 +317,7 @@ def test_max_pool_with_a_window_above_2_to_the_15_elements_runs_the_int32_code_b
     y = F.max_pool2d(xt, (1, kw), (1, 3))
     assert y.shape == (1, 2, 1, 2)
     np.testing.assert_array_equal(y.numpy()[0, :, 0], [[5.0, 5.0], [5.0, 6.0]])
-    np.testing.assert_array_equal(y._ctx.arg[0, :, 0], [[kw - 1, kw - 1], [100, kw + 2]])
+    np.testing.assert_array_equal(y._ctx.saved_arrays[0][0, :, 0], [[kw - 1, kw - 1], [100, kw + 2]])
     y.backward(np.ones(y.shape))
     g = np.zeros_like(x)
     g[0, 0, 0, kw - 1] = 2.0

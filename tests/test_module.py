@@ -223,7 +223,7 @@ def test_gradcheck_default_tolerance_catches_a_backward_wrong_by_0_1_percent():
         assert gradcheck(lambda x: ScaledSquare.apply(x, rel=0.0), [x], **kw)
         for rel in (1e-3, -1e-3):
             with pytest.raises(minidl.GradcheckError):
-                gradcheck(lambda x: ScaledSquare.apply(x, rel=rel), [x], **kw)
+                gradcheck(lambda x, rel=rel: ScaledSquare.apply(x, rel=rel), [x], **kw)
     # the former default (atol 1e-5, rtol 1e-3) let exactly this error pass
     assert gradcheck(lambda x: ScaledSquare.apply(x, rel=1e-3), [small], atol=1e-5, rtol=1e-3)
 

@@ -23,14 +23,94 @@ from minidl import backend
 from minidl.train import atomic_write, new_figure
 
 
+# ----------------------------------------------------------------------------------------------
+# argparse types: a bad value is an argparse error ("argument --epochs: must be ...") before any
+# work starts, not a traceback from deep inside a run
+
+
+def _number(text, kind):
+    try:
+        v = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if kind is float and not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1 (epochs, iterations, batch sizes, image sizes)."""
+    v = _number(text, int)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return v
+
+
+def nonnegative_int(text):
+    """argparse type: an integer >= 0 (worker counts)."""
+    v = _number(text, int)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return v
+
+
+def seed_int(text):
+    """argparse type: a seed, an integer in [0, 2**63)."""
+    v = _number(text, int)
+    if not 0 <= v < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text!r}")
+    return v
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0 (learning rates, width multipliers)."""
+    v = _number(text, float)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return v
+
+
+def probability(text):
+    """argparse type: a drop probability in [0, 1)."""
+    v = _number(text, float)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1), got {text!r}")
+    return v
+
+
+def open_fraction(text):
+    """argparse type: a number in (0, 1) (an error-rate target)."""
+    v = _number(text, float)
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
+    return v
+
+
+def existing_dir(text):
+    """argparse type: a folder that exists."""
+    if not os.path.isdir(text):
+        why = "is not a folder" if os.path.exists(text) else "does not exist"
+        raise argparse.ArgumentTypeError(f"{text!r} {why}")
+    return text
+
+
+def output_dir(text):
+    """argparse type: a folder to write into (created later); not an existing file."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a folder")
+    return text
+
+
 def make_parser(doc, default_out):
     """An ArgumentParser whose description is the script's docstring, with the common flags."""
     p = argparse.ArgumentParser(description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="where to run (cuda needs CuPy and a GPU) [cpu]")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights, dropout and data [0]")
-    p.add_argument("--out", default=default_out,
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seed of the weights, dropout and data [0]")
+    p.add_argument("--out", type=output_dir, default=default_out,
                    help=f"folder for results.json, logs, checkpoints and plots [{default_out}]")
     p.add_argument("--paper", action="store_true",
                    help="the paper's full configuration (needs the data and a GPU; hours-days)")

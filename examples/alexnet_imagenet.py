@@ -36,6 +36,7 @@ import time
 import numpy as np
 
 from _common import Stopwatch, announce, make_parser, print_table, setup, write_results
+from _common import existing_dir, nonnegative_int, positive_float, positive_int, probability  # argparse types
 
 import minidl.functional as F
 from minidl import data, models, optim
@@ -61,24 +62,24 @@ SMOKE = dict(CPU, width=0.125, input_size=67, image_size=76, epochs=2, batch_siz
 
 def parse_args(argv=None):
     p = make_parser(__doc__, "runs/alexnet")
-    p.add_argument("--data", default=None,
+    p.add_argument("--data", type=existing_dir, default=None,
                    help="ImageNet-style folder (train/ and val/, or train.txt and val.txt); "
                         "default: the generated shapes set")
     p.add_argument("--data-root", default=None,
                    help="cache folder of the generated set [$MINIDL_DATA or ~/.cache/minidl]")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="initial learning rate")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier")
-    p.add_argument("--input-size", type=int, default=None, help="crop side fed to the net")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=None, help="initial learning rate")
+    p.add_argument("--width", type=positive_float, default=None, help="channel multiplier")
+    p.add_argument("--input-size", type=positive_int, default=None, help="crop side fed to the net")
+    p.add_argument("--image-size", type=positive_int, default=None,
                    help="images are resized/cropped to this square before random crops")
     p.add_argument("--init", choices=("paper", "he"), default=None)
-    p.add_argument("--dropout", type=float, default=None,
+    p.add_argument("--dropout", type=probability, default=None,
                    help="drop probability in fc6/fc7 [0.5 with --paper; see the CPU default]")
-    p.add_argument("--n-per-class", type=int, default=None,
+    p.add_argument("--n-per-class", type=positive_int, default=None,
                    help="generated training images per class")
-    p.add_argument("--val-per-class", type=int, default=None,
+    p.add_argument("--val-per-class", type=positive_int, default=None,
                    help="generated validation images per class")
     p.add_argument("--towers", type=int, choices=(1, 2), default=2,
                    help="2: the paper's two-GPU net; 1: its one-GPU net (half the kernels of "
@@ -89,11 +90,15 @@ def parse_args(argv=None):
                    help="ablation: 2x2 stride-2 pooling instead of overlapping 3x3 stride 2")
     p.add_argument("--no-ten-crop", action="store_true",
                    help="final evaluation on the centre crop only")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=nonnegative_int, default=None,
                    help="data-loading processes [1 on CPU, 4 with --paper]")
     p.add_argument("--resume", nargs="?", const="", default=None,
                    help="continue from a checkpoint (default: OUT/checkpoint.npz)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.input_size and args.image_size and args.input_size > args.image_size:
+        p.error(f"--input-size {args.input_size} is larger than --image-size {args.image_size} "
+                "(the crops are taken from the resized image)")
+    return args
 
 
 def config_from(args):

@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from _common import announce, make_parser, plot_lines, print_table, setup, write_results
+from _common import existing_dir, positive_float, positive_int, probability  # argparse types
 
 import minidl
 import minidl.functional as F
@@ -40,16 +41,16 @@ NETS = {"22-layer (model B)": models.prelu_net_b, "30-layer": models.prelu_net30
 
 def parse_args(argv=None):
     p = make_parser(__doc__, "runs/init_study")
-    p.add_argument("--data", default=None,
+    p.add_argument("--data", type=existing_dir, default=None,
                    help="ImageNet-style folder with train/ (default: generated shapes)")
     p.add_argument("--data-root", default=None, help="cache folder of the generated set")
-    p.add_argument("--iters", type=int, default=None, help="training iterations per run [300]")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--dropout", type=float, default=None,
+    p.add_argument("--iters", type=positive_int, default=None, help="training iterations per run [300]")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--lr", type=positive_float, default=0.01)
+    p.add_argument("--dropout", type=probability, default=None,
                    help="drop probability in fc1/fc2 [0.5 with --paper, 0 on the CPU budget]")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier [1/16]")
-    p.add_argument("--input-size", type=int, default=None, help="crop side [64]")
+    p.add_argument("--width", type=positive_float, default=None, help="channel multiplier [1/16]")
+    p.add_argument("--input-size", type=positive_int, default=None, help="crop side [64]")
     return p.parse_args(argv)
 
 

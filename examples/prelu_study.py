@@ -24,6 +24,7 @@ import numpy as np
 
 from _common import announce, make_parser, plot_bars, plot_lines, print_table, setup, \
     write_results
+from _common import existing_dir, positive_float, positive_int, probability  # argparse types
 
 import minidl
 import minidl.functional as F
@@ -46,16 +47,16 @@ ACTS = ("relu", "prelu_shared", "prelu")
 
 def parse_args(argv=None):
     p = make_parser(__doc__, "runs/prelu_study")
-    p.add_argument("--data", default=None, help="ImageNet-style folder with train/ and val/")
+    p.add_argument("--data", type=existing_dir, default=None, help="ImageNet-style folder with train/ and val/")
     p.add_argument("--data-root", default=None, help="cache folder of the generated set")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--dropout", type=float, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=0.01)
+    p.add_argument("--dropout", type=probability, default=None,
                    help="drop probability in fc1/fc2 [0.5 with --paper, 0 on the CPU budget]")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier [1/8]")
-    p.add_argument("--input-size", type=int, default=None, help="crop side [96]")
-    p.add_argument("--n-per-class", type=int, default=None)
+    p.add_argument("--width", type=positive_float, default=None, help="channel multiplier [1/8]")
+    p.add_argument("--input-size", type=positive_int, default=None, help="crop side [96]")
+    p.add_argument("--n-per-class", type=positive_int, default=None)
     return p.parse_args(argv)
 
 

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from _common import announce, make_parser, plot_lines, print_table, setup, write_results
+from _common import existing_dir, open_fraction, positive_float, positive_int  # argparse types
 
 import minidl
 import minidl.functional as F
@@ -64,19 +65,19 @@ class FourLayerCNN(nn.Module):
 
 def parse_args(argv=None):
     p = make_parser(__doc__, "runs/relu_vs_tanh")
-    p.add_argument("--data", default=None, help="CIFAR-10 folder (cifar-10-batches-py)")
+    p.add_argument("--data", type=existing_dir, default=None, help="CIFAR-10 folder (cifar-10-batches-py)")
     p.add_argument("--data-root", default=None, help="cache folder of the generated set")
-    p.add_argument("--iters", type=int, default=None, help="iterations per activation")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--target", type=float, default=None,
+    p.add_argument("--iters", type=positive_int, default=None, help="iterations per activation")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--target", type=open_fraction, default=None,
                    help="training-error target [0.25, the paper's]")
-    p.add_argument("--window", type=int, default=50,
+    p.add_argument("--window", type=positive_int, default=50,
                    help="iterations in the running average of the training error")
-    p.add_argument("--lr-relu", type=float, default=0.005)
-    p.add_argument("--lr-tanh", type=float, default=0.005)
-    p.add_argument("--lrs", type=float, nargs="*", default=None,
+    p.add_argument("--lr-relu", type=positive_float, default=0.005)
+    p.add_argument("--lr-tanh", type=positive_float, default=0.005)
+    p.add_argument("--lrs", type=positive_float, nargs="*", default=None,
                    help="sweep these learning rates per activation and keep the fastest")
-    p.add_argument("--n-per-class", type=int, default=None,
+    p.add_argument("--n-per-class", type=positive_int, default=None,
                    help="generated training images per class [600]")
     return p.parse_args(argv)
 

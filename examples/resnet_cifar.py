@@ -24,12 +24,14 @@ training curves separate, far from the paper's 64k iterations. ``--paper`` runs 
 Writes results.json (per net: val_top1_error, val_top5_error, final training error, the
 response std per layer), train_error.png (Figure 6), response_std.png (Figure 7).
 """
+import argparse
 import os
 import time
 
 import numpy as np
 
 from _common import announce, make_parser, plot_lines, print_table, setup, write_results
+from _common import existing_dir, positive_float, positive_int  # argparse types
 
 import minidl
 import minidl.functional as F
@@ -44,16 +46,25 @@ PAPER_CLAIM = {"source": "He et al. 2015 (Deep Residual Learning), Table 6 and F
                         "ResNet responses have smaller std than plain ones"}
 
 
+def resnet_depth(text):
+    """argparse type: a CIFAR ResNet depth 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...)."""
+    d = positive_int(text)
+    if (d - 2) % 6 or d < 8:
+        raise argparse.ArgumentTypeError(f"must be a depth 6n + 2 (20, 32, 44, 56, 110, ...), "
+                                         f"got {text!r}")
+    return d
+
+
 def parse_args(argv=None):
     p = make_parser(__doc__, "runs/resnet_cifar")
-    p.add_argument("--data", default=None, help="CIFAR-10 folder (cifar-10-batches-py)")
+    p.add_argument("--data", type=existing_dir, default=None, help="CIFAR-10 folder (cifar-10-batches-py)")
     p.add_argument("--data-root", default=None, help="cache folder of the generated set")
-    p.add_argument("--depths", type=int, nargs="+", default=None,
+    p.add_argument("--depths", type=resnet_depth, nargs="+", default=None,
                    help="depths 6n+2 to train [20 32; paper: 20 32 44 56 110]")
-    p.add_argument("--iters", type=int, default=None, help="iterations per net [300]")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--n-per-class", type=int, default=None,
+    p.add_argument("--iters", type=positive_int, default=None, help="iterations per net [300]")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--lr", type=positive_float, default=0.1)
+    p.add_argument("--n-per-class", type=positive_int, default=None,
                    help="generated training images per class [500]")
     p.add_argument("--no-plain", action="store_true", help="train only the residual nets")
     p.add_argument("--warmup", choices=("auto", "on", "off"), default="auto",

@@ -3,7 +3,6 @@
 Each case is checked against hand-computed values and, where torch is installed, against what
 PyTorch does with the same program.
 """
-import os
 
 import numpy as np
 import pytest
@@ -12,13 +11,12 @@ import minidl
 from minidl import Tensor, nn, ops
 from minidl.optim import SGD
 
+from conftest import require
+
 
 def _torch():
     """torch, or a skip; under CI (CI=true) a missing torch is an error, not a skip."""
-    if os.environ.get("CI"):
-        import torch
-        return torch
-    return pytest.importorskip("torch")
+    return require("torch")
 
 
 def leaf(values, dtype=np.float64):

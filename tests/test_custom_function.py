@@ -1,6 +1,5 @@
 """``minidl.autograd.Function``: PyTorch's custom-op API, ported examples checked against torch
 and by float64 finite differences."""
-import os
 
 import numpy as np
 import pytest
@@ -11,12 +10,11 @@ import minidl
 from minidl import Tensor, gradcheck
 from minidl.autograd import Function, once_differentiable
 
+from conftest import require
+
 
 def _torch():
-    if os.environ.get("CI"):
-        import torch
-        return torch
-    return pytest.importorskip("torch")
+    return require("torch")  # a skip locally, a failure in CI when torch is missing
 
 
 # PyTorch's tutorial example ("Defining new autograd functions", LegendrePolynomial3), with

@@ -10,7 +10,9 @@ from minidl.data import (CIFAR10, SHAPES, CorruptSample, DataLoader, GeneratedSh
                          ImageFolder, ImageList)
 from minidl.data import transforms as T
 
-Image = pytest.importorskip("PIL.Image")
+from conftest import require
+
+Image = require("PIL.Image", "Pillow-based test module")
 
 
 def _save(path, seed, size=(6, 5)):

@@ -12,7 +12,9 @@ from minidl.data import (CorruptImageWarning, CorruptSample, DataLoader, Dataset
                          sample_rng)
 from minidl.data import transforms as T
 
-Image = pytest.importorskip("PIL.Image")
+from conftest import require
+
+Image = require("PIL.Image", "Pillow-based test module")
 
 N = 23
 
@@ -342,7 +344,7 @@ def test_default_collate_structures_and_dtypes_by_hand():
 
 
 def test_default_collate_matches_torch():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from torch.utils.data import default_collate as torch_collate
 
     from minidl.data import default_collate

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from minidl.data import transforms as T
 from minidl.data.dataset import Dataset
 
-Image = pytest.importorskip("PIL.Image")
+from conftest import require
+
+Image = require("PIL.Image", "Pillow-based test module")
 
 
 def pil_rgb(h, w, seed=0):

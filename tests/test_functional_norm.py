@@ -7,6 +7,8 @@ from hypothesis import given, strategies as st
 import minidl.functional as F
 from minidl import Tensor, gradcheck
 
+from conftest import require
+
 
 def naive_lrn(x, n, alpha, beta, k):
     """b_i = a_i / (k + alpha * sum_{j=max(0, i-n//2)}^{min(C-1, i+(n-1)//2)} a_j^2)^beta."""
@@ -37,14 +39,16 @@ def test_lrn_gradcheck(n, alpha, k):
     assert gradcheck(lambda x: F.local_response_norm(x, n, alpha, 0.75, k), [x])
 
 
-@given(st.integers(1, 6), st.integers(1, 7), st.sampled_from([0.75, 0.5, 1.0]),
+@given(st.integers(1, 4), st.integers(1, 8), st.integers(1, 7), st.integers(1, 4),
+       st.integers(1, 4), st.sampled_from([1e-4, 0.01, 0.5, 1.0, 2.0]),
+       st.sampled_from([0.25, 0.5, 0.75, 1.0, 1.5]), st.sampled_from([0.5, 1.0, 2.0]),
        st.integers(0, 999))
-def test_lrn_hypothesis_shapes(c, n, beta, seed):
-    x = np.random.default_rng(seed).standard_normal((1, c, 2, 2)) * 2
-    y = F.local_response_norm(Tensor(x), n, 1.0, beta, 1.0)
-    np.testing.assert_allclose(y.numpy(), naive_lrn(x, n, 1.0, beta, 1.0), rtol=1e-12)
+def test_lrn_hypothesis_shapes(b, c, n, h, w, alpha, beta, k, seed):
+    x = np.random.default_rng(seed).standard_normal((b, c, h, w)) * 2
+    y = F.local_response_norm(Tensor(x), n, alpha, beta, k)
+    np.testing.assert_allclose(y.numpy(), naive_lrn(x, n, alpha, beta, k), rtol=1e-12)
     xt = Tensor(x, requires_grad=True)
-    assert gradcheck(lambda x: F.local_response_norm(x, n, 1.0, beta, 1.0), [xt])
+    assert gradcheck(lambda x: F.local_response_norm(x, n, alpha, beta, k), [xt])
 
 
 def test_lrn_even_size_window_is_n_channels():
@@ -77,7 +81,7 @@ def test_lrn_non_contiguous_and_float32(device):
 
 
 def test_lrn_matches_torch_with_alpha_times_n():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     x = np.random.default_rng(2).standard_normal((2, 7, 3, 3)) * 5
     for n in (3, 4, 5):
         xt = torch.tensor(x, requires_grad=True)

@@ -5,10 +5,12 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import given, strategies as st
 
 import minidl.functional as F
 from minidl import Tensor, gradcheck
+
+from conftest import require
 
 
 def out_size(size, k, s, p, ceil_mode):
@@ -72,12 +74,15 @@ def tie_free(shape, seed):
 
 @st.composite
 def pool_cases(draw):
-    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))   # s < k: overlapping windows
+    # kernels up to 6 (AlexNet's 3, SPP-like larger bins); the stride is drawn independently of
+    # the kernel, so windows overlap (s < k), tile (s = k) or skip input (s > k)
+    kh, kw = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    sh, sw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
-    h, w = draw(st.integers(1, 7)), draw(st.integers(1, 7))
-    assume(h + 2 * ph >= kh and w + 2 * pw >= kw)
-    return dict(n=draw(st.integers(1, 2)), c=draw(st.integers(1, 2)), hw=(h, w), k=(kh, kw),
+    # inputs down to smaller than the window: the padded input must still hold one window
+    h = draw(st.integers(max(1, kh - 2 * ph), 8))
+    w = draw(st.integers(max(1, kw - 2 * pw), 8))
+    return dict(n=draw(st.integers(1, 4)), c=draw(st.integers(1, 8)), hw=(h, w), k=(kh, kw),
                 s=(sh, sw), p=(ph, pw), ceil=draw(st.booleans()), seed=draw(st.integers(0, 999)))
 
 
@@ -191,7 +196,7 @@ def test_pooling_float32_keeps_dtype(device):
 
 
 def test_pool_matches_torch():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     x = tie_free((2, 3, 9, 8), 5)
     for k, s, p, cm in [(3, 2, 0, False), (3, 2, 1, True), ((2, 3), (2, 1), (1, 1), True)]:
         np.testing.assert_array_equal(
@@ -235,9 +240,9 @@ def naive_adaptive(x, out, reduce):
 
 
 @given(st.integers(1, 7), st.integers(1, 7), st.integers(1, 4), st.integers(1, 4),
-       st.integers(0, 99))
-def test_adaptive_pools_match_bins_and_gradcheck(h, w, oh, ow, seed):
-    x = tie_free((2, 2, h, w), seed)
+       st.integers(0, 99), st.integers(1, 4), st.integers(1, 8))
+def test_adaptive_pools_match_bins_and_gradcheck(h, w, oh, ow, seed, n, c):
+    x = tie_free((n, c, h, w), seed)
     np.testing.assert_array_equal(F.adaptive_max_pool2d(Tensor(x), (oh, ow)).numpy(),
                                   naive_adaptive(x, (oh, ow), np.max))
     np.testing.assert_allclose(F.adaptive_avg_pool2d(Tensor(x), (oh, ow)).numpy(),
@@ -282,3 +287,40 @@ def test_adaptive_max_pool_nan_and_ties_follow_max_pool_rule():
     g[1, 0] += 1
     g[1, 2] += 1
     np.testing.assert_array_equal(xt.grad.numpy()[0, 0], g)
+
+
+@given(st.integers(2, 7), st.integers(1, 4), st.integers(0, 99), st.integers(0, 99),
+       st.integers(0, 999), st.booleans(), st.integers(1, 4), st.integers(1, 8))
+def test_padded_input_smaller_than_the_window_is_refused_naming_both(k, s, pr, hr, seed, ceil,
+                                                                     n, c):
+    """minidl refuses a window larger than the padded input, with or without ceil_mode. (PyTorch
+    refuses it without ceil_mode too; with ceil_mode it returns one window clipped to the input.)"""
+    p = pr % ((k - 2) // 2 + 1)                     # p <= k/2 and room for h >= 1 below
+    h = 1 + hr % (k - 2 * p - 1)                    # 1 <= h, h + 2p < k
+    x = Tensor(tie_free((n, c, h, h), seed))
+    for fn in (F.max_pool2d, F.avg_pool2d):
+        with pytest.raises(ValueError, match=rf"window \({k}, {k}\) is larger than the padded "
+                                             rf"input \({h + 2 * p}, {h + 2 * p}\)"):
+            fn(x, k, s, p, ceil)
+
+
+def test_max_pool_with_a_window_above_2_to_the_15_elements_runs_the_int32_code_branch():
+    """The winner's window offset is kept as int16 below 2**15 window elements and as int32 from
+    there; a (1, 32772) window reaches the int32 branch, and offsets above 32767 (which int16
+    would wrap to negative numbers) must come back exact."""
+    kw = 2 ** 15 + 4
+    x = tie_free((1, 2, 1, kw + 3), 3)
+    x[0, 0, 0, kw - 1] = 5.0                         # offset 32771 in the first window
+    x[0, 1, 0, 100] = 5.0                            # offset 100 in the first window
+    x[0, 1, 0, kw + 2] = 6.0                         # offset 32771 in the second (stride 3)
+    xt = Tensor(x, requires_grad=True)
+    y = F.max_pool2d(xt, (1, kw), (1, 3))
+    assert y.shape == (1, 2, 1, 2)
+    np.testing.assert_array_equal(y.numpy()[0, :, 0], [[5.0, 5.0], [5.0, 6.0]])
+    np.testing.assert_array_equal(y._ctx.saved_arrays[0][0, :, 0], [[kw - 1, kw - 1], [100, kw + 2]])
+    y.backward(np.ones(y.shape))
+    g = np.zeros_like(x)
+    g[0, 0, 0, kw - 1] = 2.0
+    g[0, 1, 0, 100] = 1.0
+    g[0, 1, 0, kw + 2] = 1.0
+    np.testing.assert_array_equal(xt.grad.numpy(), g)

@@ -10,6 +10,8 @@ from hypothesis import given, strategies as st
 import minidl
 from minidl.nn import Parameter, init
 
+from conftest import require
+
 CONV = (256, 128, 3, 3)      # fan_in = 128*9 = 1152, fan_out = 256*9 = 2304; 294,912 weights
 LINEAR = (512, 1024)         # fan_in = 1024, fan_out = 512
 FANS = {CONV: (1152, 2304), LINEAR: (1024, 512)}
@@ -131,7 +133,7 @@ def test_gains_by_hand():
 
 @given(shape=st.lists(st.integers(1, 6), min_size=2, max_size=5))
 def test_fans_match_torch(shape):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     ours = init._calculate_fan_in_and_fan_out(_p(tuple(shape)))
     theirs = torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(*shape))
     assert ours == theirs
@@ -141,13 +143,13 @@ def test_fans_match_torch(shape):
                                       ("relu", None), ("leaky_relu", None),
                                       ("leaky_relu", 0.25), ("selu", None)])
 def test_gains_match_torch(nl, param):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     assert init.calculate_gain(nl, param) == pytest.approx(
         torch.nn.init.calculate_gain(nl, param), rel=1e-12)
 
 
 def test_kaiming_uniform_bound_matches_torch():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     for a, mode in ((math.sqrt(5), "fan_in"), (0.25, "fan_out")):
         tt = torch.nn.init.kaiming_uniform_(torch.empty(*CONV), a=a, mode=mode)
         ours = init.kaiming_uniform_(_p(CONV), a=a, mode=mode)

@@ -24,8 +24,9 @@ from minidl.cuda import kernels as K
 from minidl.cuda.emulator import thread_order
 from minidl.geometry import conv_geometry
 
+from conftest import require
+
 _ORDERS = os.environ.get("MINIDL_TEST_EMU_ORDERS", "forward,reverse").split(",")
-_NO_TORCH = os.environ.get("MINIDL_TEST_NO_TORCH", "") not in ("", "0")
 
 
 class Runner:
@@ -54,18 +55,14 @@ def run(request):
 
 
 def _functional():
-    try:
-        import minidl
-        import minidl.functional as F
-    except Exception as e:  # the NumPy path is another engineer's module; naive refs still run
-        pytest.skip(f"minidl.functional not importable: {type(e).__name__}: {e}")
+    # imported, never skipped: a broken minidl.functional must fail these tests loudly
+    import minidl
+    import minidl.functional as F
     return minidl, F
 
 
 def _torch():
-    if _NO_TORCH:
-        pytest.skip("torch cross-check disabled (MINIDL_TEST_NO_TORCH)")
-    return pytest.importorskip("torch")
+    return require("torch")  # skips locally when missing, fails in CI (conftest.require)
 
 
 def close(got, want, dtype=np.float32, scale=1.0, what=""):

@@ -197,6 +197,7 @@ def test_small_alexnet_like_stack_trains_one_step():
         nn.BatchNorm2d(8), nn.SPP((2, 1)), nn.Dropout(0.5), nn.Linear(40, 4))
     x = Tensor(np.random.default_rng(0).standard_normal((3, 3, 17, 17)).astype(np.float32))
     target = np.array([0, 1, 3])
+    minidl.manual_seed(1)                 # the same dropout mask before and after the step
     loss = F.cross_entropy(net(x), target)
     loss.backward()
     for name, p in net.named_parameters():
@@ -204,7 +205,10 @@ def test_small_alexnet_like_stack_trains_one_step():
         assert np.all(np.isfinite(p.grad.numpy())), name
     with minidl.no_grad():
         for p in net.parameters():
-            p.data -= 0.1 * p.grad.data
+            p.data -= 0.05 * p.grad.data
+        minidl.manual_seed(1)
+        after = F.cross_entropy(net(x), target).item()
+    assert after < loss.item() - 0.01, (loss.item(), after)   # the step lowered the loss
     net.eval()
     assert net(x).shape == (3, 4)
 

@@ -11,6 +11,8 @@ from minidl.optim import SGD
 from minidl.optim.lr_scheduler import (LRScheduler, MultiStepLR, ReduceLROnPlateau, StepLR,
                                        Warmup)
 
+from conftest import require
+
 
 def _opt(lr=0.1, groups=1):
     ps = [Parameter(np.zeros(2, np.float32)) for _ in range(groups)]
@@ -180,7 +182,7 @@ def _torch_opt(torch, lr=0.1):
 
 
 def test_step_and_multistep_match_torch():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     pairs = [(StepLR(_opt(), 3, 0.5), torch.optim.lr_scheduler.StepLR(_torch_opt(torch), 3, 0.5)),
              (MultiStepLR(_opt(), [2, 5, 5, 9], 0.3),
               torch.optim.lr_scheduler.MultiStepLR(_torch_opt(torch), [2, 5, 5, 9], 0.3))]
@@ -197,7 +199,7 @@ def test_step_and_multistep_match_torch():
        patience=st.integers(0, 3), cooldown=st.integers(0, 2),
        threshold=st.sampled_from([0.0, 1e-4, 0.05]), min_lr=st.sampled_from([0.0, 1e-3]))
 def test_plateau_matches_torch(metrics, mode, tmode, patience, cooldown, threshold, min_lr):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     mine_opt = _opt(0.1)
     mine = ReduceLROnPlateau(mine_opt, mode=mode, factor=0.3, patience=patience,
                              threshold=threshold, threshold_mode=tmode, cooldown=cooldown,

@@ -486,6 +486,9 @@ def test_prelu_slopes_start_at_a_quarter():
 # forward + backward of every model at a small size
 
 def _fwd_bwd(model, size, n=2):
+    """Forward and backward (finite outputs and gradients for every parameter); then, in eval
+    mode, the samples of a batch must not see each other: row 0 of the batch's output equals
+    the output of sample 0 alone."""
     rng = np.random.default_rng(0)
     x = minidl.Tensor(rng.standard_normal((n, 3, size, size)).astype(np.float32))
     y = minidl.Tensor(rng.integers(0, 10, n))
@@ -496,6 +499,42 @@ def _fwd_bwd(model, size, n=2):
     params = list(model.parameters())
     assert params and all(p.grad is not None for p in params)
     assert all(np.isfinite(p.grad.numpy()).all() for p in params)
+    model.eval()
+    with minidl.no_grad():
+        both = model(x).numpy()
+        alone = model(x[:1]).numpy()
+    np.testing.assert_allclose(alone[0], both[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, build, size", [
+    ("alexnet", lambda: models.alexnet(num_classes=10, width=0.125, input_size=67), 67),
+    ("prelu_net_a", lambda: models.prelu_net_a(num_classes=10, width=0.0625), 32),
+    ("resnet20", lambda: models.resnet20(), 16),
+    ("resnet50", lambda: models.resnet50(num_classes=10, width=0.25), 32),
+])
+def test_whole_model_gradient_is_first_order_correct(name, build, size):
+    """In float64, a step along -grad sized to lower the loss by 1e-4 of itself lowers it by
+    ``lr * |g|^2`` within 10%: the gradient of the whole model (every layer, BN in training
+    mode, dropout with fixed masks) has the right direction and scale. (float32 cannot show
+    this: steps that small are below the weights' rounding.)"""
+    minidl.manual_seed(0)
+    model = build().double().train()
+    rng = np.random.default_rng(0)
+    x = minidl.Tensor(rng.standard_normal((2, 3, size, size)))
+    y = minidl.Tensor(rng.integers(0, 10, 2))
+    minidl.manual_seed(11)                      # the same dropout masks in both forwards
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    params = list(model.parameters())
+    l0 = loss.item()
+    g2 = sum(float(np.sum(p.grad.numpy() ** 2)) for p in params)
+    lr = 1e-4 * l0 / g2
+    with minidl.no_grad():
+        for p in params:
+            p.data = p.data - lr * p.grad.data
+        minidl.manual_seed(11)
+        l1 = F.cross_entropy(model(x), y).item()
+    assert 0.9 < (l0 - l1) / (lr * g2) < 1.1, (l0, l1, lr * g2)
 
 
 SLOW = pytest.mark.slow

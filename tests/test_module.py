@@ -200,3 +200,59 @@ def test_zero_grad_set_to_none_or_zero_in_place(owner):
         assert not np.any(p.grad.numpy())
     zero_grad()                                        # set_to_none=True by default, as torch
     assert all(p.grad is None for p in net.parameters())
+
+
+class ScaledSquare(minidl.Function):
+    """x * x with a backward off by a relative ``rel`` (2x(1 + rel) instead of 2x)."""
+
+    def forward(self, x, rel):
+        self.save_for_backward(x)
+        self.rel = rel
+        return x * x
+
+    def backward(self, gy):
+        (x,) = self.saved_arrays
+        return gy * (2 * x) * (1 + self.rel)
+
+
+def test_gradcheck_default_tolerance_catches_a_backward_wrong_by_0_1_percent():
+    rng = np.random.default_rng(5)
+    small = Tensor(rng.uniform(0.5, 1.5, (3, 4)), requires_grad=True)      # every coordinate
+    large = Tensor(rng.uniform(0.5, 1.5, (30, 40)), requires_grad=True)    # random directions
+    for x, kw in ((small, {}), (large, dict(max_elements=100))):
+        assert gradcheck(lambda x: ScaledSquare.apply(x, rel=0.0), [x], **kw)
+        for rel in (1e-3, -1e-3):
+            with pytest.raises(minidl.GradcheckError):
+                gradcheck(lambda x, rel=rel: ScaledSquare.apply(x, rel=rel), [x], **kw)
+    # the former default (atol 1e-5, rtol 1e-3) let exactly this error pass
+    assert gradcheck(lambda x: ScaledSquare.apply(x, rel=1e-3), [small], atol=1e-5, rtol=1e-3)
+
+
+def test_gradcheck_catches_0_1_percent_in_a_real_op():
+    """A conv whose weight gradient is scaled by 1.001 (a hook on the weight's grad path)."""
+    import minidl.functional as F
+    rng = np.random.default_rng(6)
+    x = Tensor(rng.standard_normal((2, 3, 5, 5)), requires_grad=True)
+    w = Tensor(rng.standard_normal((4, 3, 3, 3)), requires_grad=True)
+    assert gradcheck(lambda x, w: F.conv2d(x, w, padding=1), [x, w])
+
+    def off(x, w):  # w' = w in the forward, d/dw scaled by 1.001 in the backward
+        return F.conv2d(x, ScaledIdentity.apply(w, rel=1e-3), padding=1)
+    with pytest.raises(minidl.GradcheckError, match="input 1"):
+        gradcheck(off, [x, w])
+
+
+class ScaledIdentity(minidl.Function):
+    def forward(self, x, rel):
+        self.rel = rel
+        return x.copy()
+
+    def backward(self, gy):
+        return gy * (1 + self.rel)
+
+
+def test_gradcheck_rejects_bad_tolerances():
+    x = Tensor(np.ones(3), requires_grad=True)
+    for kw in (dict(eps=0.0), dict(atol=-1.0), dict(rtol=float("nan"))):
+        with pytest.raises(ValueError, match="eps > 0"):
+            gradcheck(lambda x: x * 2, [x], **kw)

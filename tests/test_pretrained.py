@@ -9,10 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-torch = pytest.importorskip("torch")
-Image = pytest.importorskip("PIL.Image")
+from conftest import require
+
+torch = require("torch")
+Image = require("PIL.Image", "Pillow-based test module")
 tnn = torch.nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,6 +21,8 @@ from minidl import nn
 from minidl.nn.module import StateDictError
 from minidl.serialization import UnsafeCheckpointError
 
+from conftest import require
+
 DTYPES = ["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"]
 EXTS = [".pth", ".pt", ".safetensors", ".npz"]
 
@@ -294,7 +296,7 @@ def test_pth_reader_executes_nothing_from_the_pickle(tmp_path):
 
 
 def test_torch_load_reads_what_minidl_writes(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     rng = np.random.default_rng(0)
     arrays = OrderedDict((d, _array(rng, (2, 3), d)) for d in DTYPES)
     arrays["scalar"] = np.array(5, dtype=np.int64)
@@ -335,7 +337,7 @@ def test_pth_records_start_at_64_byte_boundaries(tmp_path):
 
 
 def test_minidl_reads_what_torch_writes(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     g = torch.Generator().manual_seed(0)
     obj = {"view": base[1:, ::2], "transposed": base.t(), "base": base,
@@ -359,7 +361,7 @@ def test_minidl_reads_what_torch_writes(tmp_path):
 
 
 def test_torch_module_state_dict_loads_into_minidl(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     torch.manual_seed(0)
     tm = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
                              torch.nn.Flatten(), torch.nn.Linear(64, 5)).double()

@@ -1,6 +1,5 @@
 """Tensor methods with PyTorch's names and meanings (issue 11), each compared with torch where
 it is installed and with NumPy / hand-computed values always."""
-import os
 
 import numpy as np
 import pytest
@@ -9,12 +8,11 @@ from hypothesis import given, strategies as st
 import minidl
 from minidl import Tensor, gradcheck
 
+from conftest import require
+
 
 def _torch():
-    if os.environ.get("CI"):
-        import torch
-        return torch
-    return pytest.importorskip("torch")
+    return require("torch")  # a skip locally, a failure in CI when torch is missing
 
 
 def T(a, grad=False):

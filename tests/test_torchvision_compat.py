@@ -13,7 +13,9 @@ import pytest
 import minidl
 from minidl import models
 
-torch = pytest.importorskip("torch")
+from conftest import require
+
+torch = require("torch")
 tnn = torch.nn
 
 

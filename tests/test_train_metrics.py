@@ -6,6 +6,8 @@ from hypothesis import given, strategies as st
 import minidl
 from minidl.train import AverageMeter, target_rank, topk_correct, topk_error
 
+from conftest import require
+
 
 def _rank_by_stable_sort(scores, target):
     """Independent definition: the target's position in a stable sort by descending score."""
@@ -46,7 +48,7 @@ def test_rank_equals_stable_sort_position(data, n, c):
 
 
 def test_accepts_tensors_and_matches_torch_topk_without_ties():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(50, 10)).astype(np.float32)
     target = rng.integers(0, 10, 50)

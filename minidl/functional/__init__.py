@@ -27,6 +27,17 @@ NumPy arrays; conv, im2col/col2im, pooling, LRN and PReLU add ``forward_cuda``/`
 which the engine calls for CuPy arrays and which launch the CUDA kernels. The other ops serve
 both devices with the same code through ``xp = backend.get_array_module(x)``. Window geometry
 (pairs, output sizes) is :mod:`minidl.geometry`'s.
+
+Dtypes, one rule for every op above: the layers compute in floating point (float16, float32,
+float64), and every Tensor argument (weight, bias, running statistics, PReLU slopes, a loss's
+class weights) must have the input's dtype. A float32/float64 mix raises TypeError naming both
+dtypes and shapes (nothing is promoted silently; cast with ``.to(dtype=...)``); a bool, integer
+or complex input raises TypeError naming its dtype (cast with ``.float()``). PyTorch also refuses
+the mixes; it accepts integer inputs to conv2d, linear and max/avg pooling, which minidl does
+not. The one integer argument is the class-index ``target`` of ``cross_entropy``/``nll_loss``
+(a Tensor or array of an integer dtype, each value in ``[0, C)`` or ``ignore_index``).
+Hyperparameters (``p``, ``eps``, ``momentum``, LRN's ``alpha``/``beta``/``k``, slopes) must be
+finite real numbers in their range. Errors name the op and the argument.
 """
 # The engine's generic ops, re-exported explicitly (``name as name``) but kept out of __all__.
 from minidl.ops import (abs as abs, add as add, argmax as argmax, argmin as argmin, clip as clip,

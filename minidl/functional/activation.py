@@ -15,6 +15,7 @@ Leaky ReLU. The slope gradient is a deterministic reduction (NumPy's pairwise su
 import numpy as np
 
 from minidl.backend import get_array_module
+from minidl.functional._checks import check_floating, finite
 from minidl.functional._utils import kernels
 from minidl.ops import relu, sigmoid, tanh
 from minidl.tensor import Function
@@ -44,7 +45,9 @@ class LeakyReLUFunction(Function):
 
 def leaky_relu(x, negative_slope=0.01):
     """``max(0, x) + negative_slope * min(0, x)`` (a PReLU with a fixed slope)."""
-    return LeakyReLUFunction.apply(x, slope=float(negative_slope))
+    check_floating("leaky_relu", x)
+    return LeakyReLUFunction.apply(x, slope=finite("leaky_relu", "negative_slope",
+                                                   negative_slope))
 
 
 def _bshape(x, weight):
@@ -101,6 +104,7 @@ class PReLUFunction(Function):
 def prelu(x, weight):
     """Parametric ReLU: ``y = x if x > 0 else a * x`` with a = ``weight`` of shape (C,)
     (channel-wise, C = x.shape[1]) or (1,) (channel-shared). Gradients reach x and the slopes."""
+    check_floating("prelu", x, weight=weight)
     if weight.ndim != 1:
         raise ValueError(f"prelu: weight must be 1-d, (1,) or (C,), got shape {weight.shape}")
     c = x.shape[1] if x.ndim >= 2 else 1

@@ -32,6 +32,7 @@ shared with the CUDA wrappers. Each Function's ``forward``/``backward`` is the N
 import numpy as np
 
 from minidl.backend import get_array_module
+from minidl.functional._checks import check_floating
 from minidl.functional._utils import kernels
 from minidl.geometry import ConvGeometry, conv_geometry, pair
 from minidl.tensor import Function, Tensor
@@ -314,6 +315,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     convolutions (group g: output channels g*O/G.., input channels g*C/G..). ``stride``,
     ``padding``, ``dilation`` are ints or (h, w) pairs. See the module docstring for the GEMMs.
     """
+    check_floating("conv2d", x, weight=weight, bias=bias)
     groups = int(groups)
     if x.ndim != 4:
         raise ValueError(f"conv2d: expected a 4-d input (N, C, H, W), got shape {x.shape}")
@@ -336,7 +338,4 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         raise ValueError(f"conv2d: bias has shape {bias.shape}, expected ({o},) for weight of "
                          f"shape {weight.shape}")
     geo = conv_geometry("conv2d", x.shape, weight.shape[2:], stride, padding, dilation)
-    if weight.dtype != x.dtype:
-        raise TypeError(f"conv2d: input is {x.dtype} (shape {x.shape}) but weight is "
-                        f"{weight.dtype} (shape {weight.shape}); cast one with .to(dtype=...)")
     return Conv2dFunction.apply(x, weight, bias, geo=geo, groups=groups)

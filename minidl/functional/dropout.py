@@ -8,6 +8,7 @@ on the weights that follow.
 """
 from minidl import backend
 from minidl import random as _random
+from minidl.functional._checks import check_floating, finite
 from minidl.tensor import Function
 
 
@@ -24,9 +25,8 @@ class DropoutFunction(Function):
 def dropout(x, p=0.5, training=True):
     """Inverted dropout: zero each element with probability ``p`` and scale the rest by
     1/(1-p) when ``training``; the identity otherwise (or when p = 0)."""
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    check_floating("dropout", x)
+    p = finite("dropout", "p", p, low=0.0, high=1.0)
     if not training or p == 0.0:
         return x
     if p == 1.0:

@@ -2,6 +2,7 @@
 
 Backward: ``dx = dY W``, ``dW = dY^T x`` (leading dimensions flattened), ``db = sum dY``.
 """
+from minidl.functional._checks import check_floating
 from minidl.tensor import Function
 
 
@@ -25,11 +26,15 @@ class LinearFunction(Function):
 
 def linear(x, weight, bias=None):
     """``x @ weight.T + bias``: x (..., in_features), weight (out_features, in_features)."""
+    check_floating("linear", x, weight=weight, bias=bias)
     if weight.ndim != 2:
         raise ValueError(f"linear: weight must be 2-d (out_features, in_features), got shape "
                          f"{weight.shape}")
-    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"linear: input of shape {x.shape} has {x.shape[-1] if x.ndim else 0} "
+    if x.ndim < 1:
+        raise ValueError(f"linear: input must have at least 1 dimension (..., in_features), got "
+                         f"a 0-d input; weight shape {weight.shape}")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input of shape {x.shape} has {x.shape[-1]} "
                          f"features in its last dimension, but the weight of shape "
                          f"{weight.shape} expects {weight.shape[1]}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):

@@ -44,6 +44,7 @@ import numpy as np
 
 from minidl import ops
 from minidl.backend import get_array_module
+from minidl.functional._checks import check_floating
 from minidl.tensor import Function, Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -85,11 +86,13 @@ def _dim(x, dim, name):
 
 def softmax(x, dim=1):
     """``exp(x_i - max) / sum_j exp(x_j - max)`` along ``dim`` (stable for huge logits)."""
+    check_floating("softmax", x)
     return SoftmaxFunction.apply(x, dim=_dim(x, dim, "softmax"))
 
 
 def log_softmax(x, dim=1):
     """``x_i - max - log sum_j exp(x_j - max)`` along ``dim`` (stable for huge logits)."""
+    check_floating("log_softmax", x)
     return LogSoftmaxFunction.apply(x, dim=_dim(x, dim, "log_softmax"))
 
 
@@ -135,6 +138,7 @@ class NLLLossFunction(Function):
 
 
 def _check_target(name, logits, target):
+    check_floating(name, logits)
     if logits.ndim < 2:
         raise ValueError(f"{name}: expected input (N, C) or (N, C, d1, ...), got shape "
                          f"{logits.shape}")
@@ -152,6 +156,15 @@ def _check_target(name, logits, target):
     return t
 
 
+def _check_classes(name, t, c, ignore_index, input_shape):
+    bad = (t != ignore_index) & ((t < 0) | (t >= c))
+    if bool(bad.any()):
+        raise IndexError(f"{name}: target values must be in [0, {c}) (or ignore_index "
+                         f"{ignore_index}); got {int(t[bad].reshape(-1)[0])} (target shape "
+                         f"{tuple(t.shape)}, input shape {input_shape})")
+    return t
+
+
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     """Negative log-likelihood of log-probabilities ``input`` (N, C, ...) at the integer
     ``target`` classes (N, ...): ``-weight[t] * input[n, t]``, reduced by "mean" (weighted mean
@@ -160,14 +173,11 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     t = _check_target("nll_loss", input, target)
     xp = get_array_module(input.data)
     c = input.shape[1]
-    t = xp.asarray(t)
-    bad = (t != ignore_index) & ((t < 0) | (t >= c))
-    if bool(bad.any()):
-        raise IndexError(f"nll_loss: target values must be in [0, {c}) (or ignore_index "
-                         f"{ignore_index}); got {int(t[bad].reshape(-1)[0])} (target shape "
-                         f"{tuple(t.shape)}, input shape {input.shape})")
+    t = _check_classes("nll_loss", xp.asarray(t), c, ignore_index, input.shape)
     w = None
     if weight is not None:
+        if isinstance(weight, Tensor):
+            check_floating("nll_loss", input, weight=weight)
         w = weight.data if isinstance(weight, Tensor) else xp.asarray(weight)
         if tuple(w.shape) != (c,):
             raise ValueError(f"nll_loss: weight has shape {tuple(w.shape)}, expected ({c},)")
@@ -193,7 +203,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     if getattr(t, "dtype", None) is not None and np.dtype(t.dtype).kind == "f" \
             and isinstance(input, Tensor) and tuple(t.shape) == input.shape:
         return _cross_entropy_probs(input, target, weight, reduction, e)
-    _check_target("cross_entropy", input, target)
+    t = _check_target("cross_entropy", input, target)
+    _check_classes("cross_entropy", get_array_module(input.data).asarray(t), input.shape[1],
+                   ignore_index, input.shape)
     logp = log_softmax(input, 1)
     nll = nll_loss(logp, target, weight=weight, ignore_index=ignore_index, reduction=reduction)
     if e == 0.0:

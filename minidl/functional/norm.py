@@ -28,6 +28,7 @@ PyTorch; evaluation normalizes with the running statistics.
 import numpy as np
 
 from minidl.backend import get_array_module
+from minidl.functional._checks import check_floating, finite
 from minidl.functional._utils import kernels
 from minidl.tensor import Function
 
@@ -90,14 +91,17 @@ def local_response_norm(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
     ``minidl(x, n, alpha, beta, k) == torch.nn.functional.local_response_norm(x, n, alpha*n,
     beta, k)``.
     """
+    check_floating("local_response_norm", x)
     if x.ndim < 3:
         raise ValueError(f"local_response_norm: expected input (N, C, H, W) or (N, C, L), got "
                          f"shape {x.shape}")
     size = int(size)
     if size < 1:
         raise ValueError(f"local_response_norm: size must be >= 1, got {size}")
-    return LocalResponseNormFunction.apply(x, size=size, alpha=float(alpha), beta=float(beta),
-                                   k=float(k))
+    alpha = finite("local_response_norm", "alpha", alpha)
+    beta = finite("local_response_norm", "beta", beta)
+    k = finite("local_response_norm", "k", k)
+    return LocalResponseNormFunction.apply(x, size=size, alpha=alpha, beta=beta, k=k)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,6 +194,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     shape (C,), or None) are updated IN PLACE: ``r = (1 - momentum) * r + momentum * stat``, the
     variance unbiased (times m/(m-1)). With ``training=False`` the running statistics are used.
     """
+    check_floating("batch_norm", x, running_mean=running_mean, running_var=running_var,
+                   weight=weight, bias=bias)
+    eps = finite("batch_norm", "eps", eps, low=0.0)
+    momentum = finite("batch_norm", "momentum", momentum, low=0.0, high=1.0)
     if x.ndim not in (2, 3, 4):
         raise ValueError(f"batch_norm: expected input (N, C), (N, C, L) or (N, C, H, W), got "
                          f"shape {x.shape}")
@@ -220,5 +228,5 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                              "running_var")
         mean = running_mean.data.astype(xd.dtype, copy=False)
         var = running_var.data.astype(xd.dtype, copy=False)
-    return BatchNormFunction.apply(x, weight, bias, mean=mean, var=var, eps=float(eps),
+    return BatchNormFunction.apply(x, weight, bias, mean=mean, var=var, eps=eps,
                                    training=bool(training), centered=centered)

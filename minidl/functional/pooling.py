@@ -23,6 +23,7 @@ import numpy as np
 
 from minidl import ops
 from minidl.backend import get_array_module
+from minidl.functional._checks import check_floating
 from minidl.functional._utils import kernels
 from minidl.geometry import pool_geometry
 from minidl.tensor import Function
@@ -135,6 +136,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     ``stride`` defaults to ``kernel_size``; overlapping windows (AlexNet: 3, stride 2) are fine.
     Ties go to the first maximum in row-major window order, NaN propagates.
     """
+    check_floating("max_pool2d", x)
     geo = pool_geometry("max_pool2d", x.shape, kernel_size, stride, padding, ceil_mode)
     return MaxPool2dFunction.apply(x, geo=geo)
 
@@ -198,6 +200,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     ``y[n, c, i, j] = sum_{window} x_pad / divisor``: the divisor is the window's size clipped
     to the padded input (``count_include_pad=True``) or the number of real input elements in it.
     """
+    check_floating("avg_pool2d", x)
     geo = pool_geometry("avg_pool2d", x.shape, kernel_size, stride, padding, ceil_mode)
     return AvgPool2dFunction.apply(x, geo=geo, count_include_pad=bool(count_include_pad))
 
@@ -305,6 +308,7 @@ def adaptive_avg_pool2d(x, output_size):
     """Average over adaptive bins so the output is ``output_size`` (int or (OH, OW)) whatever the
     input size; bin i of n spans [floor(i*H/n), ceil((i+1)*H/n)). ``(x, 1)`` is global average
     pooling (ResNet's head)."""
+    check_floating("adaptive_avg_pool2d", x)
     if x.ndim != 4:
         raise ValueError(f"adaptive_avg_pool2d: expected a 4-d input (N, C, H, W), got shape "
                          f"{x.shape}")
@@ -320,6 +324,7 @@ def adaptive_avg_pool2d(x, output_size):
 def adaptive_max_pool2d(x, output_size):
     """Max over adaptive bins (bin i of n spans [floor(i*H/n), ceil((i+1)*H/n))), so any input
     size gives ``output_size``; the max-pool winner rule (first maximum, NaN propagates)."""
+    check_floating("adaptive_max_pool2d", x)
     if x.ndim != 4:
         raise ValueError(f"adaptive_max_pool2d: expected a 4-d input (N, C, H, W), got shape "
                          f"{x.shape}")
@@ -333,6 +338,7 @@ def adaptive_max_pool2d(x, output_size):
 def spp(x, levels=(6, 3, 2, 1)):
     """Spatial pyramid pooling (He et al.): adaptive max pooling to n x n for each level n,
     flattened and concatenated -> (N, C * sum(n^2)) for any input size (even H < n)."""
+    check_floating("spp", x)
     if x.ndim != 4:
         raise ValueError(f"spp: expected a 4-d input (N, C, H, W), got shape {x.shape}")
     outs = [ops.flatten(adaptive_max_pool2d(x, int(n)), 1) for n in levels]

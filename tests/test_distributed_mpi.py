@@ -63,3 +63,21 @@ def test_collectives_two_ranks():
     """all_reduce (sum/avg/min/max/prod; float64, float32, int64, 0-d, a strided view) and
     broadcast (from rank 0 and rank 1) against hand-computed values; in place; errors."""
     run_ranks("collectives")
+
+
+def test_ddp_two_ranks_at_batch_b_equal_one_process_at_batch_2b():
+    """The issue's test: 2 ranks with batch B train (SGD, momentum, weight decay, float64, 4
+    steps, several gradient buckets) to the parameters of 1 process with batch 2B within 1e-10,
+    starting from different per-rank initializations (rank 0's is broadcast at wrap); a frozen
+    and an unused parameter are handled; the two ranks end bit-identical."""
+    run_ranks("ddp_matches_one_process")
+
+
+def test_ddp_parameters_used_on_one_rank_only_and_no_sync():
+    run_ranks("ddp_unused_on_one_rank")
+
+
+def test_train_loop_and_evaluate_report_the_whole_group():
+    """train_one_epoch and evaluate over DDP with each rank's share of the batches give the
+    loss, top-1/top-5 error and sample count of one process with whole batches (1e-12)."""
+    run_ranks("train_loop_reduces")

@@ -124,3 +124,27 @@ def test_ddp_without_a_process_group_says_so():
         parallel.DistributedDataParallel(lambda x: x)
     with pytest.raises(ValueError, match="bucket_cap_mb"):
         parallel.DistributedDataParallel(nn.Linear(2, 3), bucket_cap_mb=0)
+
+
+def test_a_group_of_one_needs_no_mpi4py(no_launcher, monkeypatch):
+    """Outside a launcher without mpi4py, init_process_group forms a group of one (what a
+    single-GPU check of the nccl backend needs); under a launcher a missing mpi4py is an
+    error that says what to install."""
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # `import mpi4py` now fails
+    assert not dist.is_available()
+    dist.init_process_group("mpi", world_size=1, rank=0)
+    assert (dist.get_rank(), dist.get_world_size(), dist.get_local_rank()) == (0, 1, 0)
+    a = np.array([1.5, -2.0])
+    dist.all_reduce(a)
+    np.testing.assert_array_equal(a, [1.5, -2.0])
+    dist.all_reduce(a, op="avg")
+    np.testing.assert_array_equal(a, [1.5, -2.0])
+    dist.broadcast(a, src=0)
+    dist.barrier()
+    assert dist.all_gather_object("x") == ["x"]
+    dist.destroy_process_group()
+
+    monkeypatch.setenv("PMI_SIZE", "2")
+    with pytest.raises(dist.DistributedError, match=r"pip install \"minidl\[mpi\]\""):
+        dist.init_process_group("mpi")
+    assert not dist.is_initialized()

@@ -368,7 +368,12 @@ class DistributedDataParallel(Module):
         for p, i, off, n in b.params:
             if not self._global_used[i]:
                 continue  # no rank has a gradient for it: .grad stays None, as on one process
-            p.grad = Tensor._make(grads[off:off + n].reshape(p.shape).copy())
+            g = grads[off:off + n].reshape(p.shape)
+            if p.grad is not None and p.grad.shape == p.shape and p.grad.dtype == g.dtype \
+                    and p.grad.data.flags.writeable:
+                p.grad.data[...] = g  # the engine's own array: no new allocation
+            else:
+                p.grad = Tensor._make(g.copy())
         t3 = time.perf_counter()
         st = self.stats
         st["allreduce_calls"] += 1

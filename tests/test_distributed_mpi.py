@@ -81,3 +81,53 @@ def test_train_loop_and_evaluate_report_the_whole_group():
     """train_one_epoch and evaluate over DDP with each rank's share of the batches give the
     loss, top-1/top-5 error and sample count of one process with whole batches (1e-12)."""
     run_ranks("train_loop_reduces")
+
+
+def test_distributed_benchmark_quick(tmp_path):
+    """benchmarks/distributed.py --quick measures 1 and 2 ranks and writes its JSON."""
+    import json
+    _require_mpi()
+    out = tmp_path / "d.json"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "distributed.py"),
+                        "--quick", "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert [m["world_size"] for m in res["measured"]] == [1, 2]
+    for m in res["measured"]:
+        assert m["global_batch"] == 2 * m["world_size"]
+        # one all-reduce per bucket per step, carrying every gradient (+ one flag per tensor)
+        assert m["allreduce_calls_per_step"] == m["buckets"] >= 1
+        assert m["allreduce_bytes_per_step"] >= 4 * m["parameters"]
+        assert 0 <= m["allreduce_share"] < 1 and m["seconds_per_step"] > 0
+    assert "ranks" in p.stdout and "share" in p.stdout
+
+
+def test_alexnet_example_distributed_smoke_and_resume(tmp_path):
+    """mpiexec -n 2 examples/alexnet_imagenet.py --smoke --distributed: the loaders shard each
+    global batch of 16 (so an epoch has the single-process number of steps), rank 0 alone writes
+    results/checkpoint/log, and --resume continues both ranks from rank 0's checkpoint."""
+    import json
+    exe = _require_mpi()
+    out, data_root = tmp_path / "run", tmp_path / "data"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               MINIDL_DATA=str(data_root), MPLBACKEND="Agg")
+    script = os.path.join(ROOT, "examples", "alexnet_imagenet.py")
+    base = [exe, "-n", "2", sys.executable, script, "--smoke", "--distributed", "--workers",
+            "0", "--no-ten-crop", "--out", str(out)]
+    p = subprocess.run(base + ["--epochs", "1"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["distributed"] == {"world_size": 2, "backend": "mpi", "batch_per_rank": 8}
+    # the smoke set: 10 classes x 4 images = 40; global batch 16, drop_last: 2 steps an epoch
+    assert res["steps"] == 2, res["steps"]
+    assert p.stdout.count("epoch   1/1") == 1  # printed by rank 0 only
+    assert (out / "checkpoint.npz").exists()
+    p = subprocess.run(base + ["--epochs", "2", "--resume"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "resumed from" in p.stdout and p.stdout.count("epoch   2/2") == 1
+    res = json.loads((out / "results.json").read_text())
+    assert res["steps"] == 4

@@ -370,7 +370,7 @@ class DistributedDataParallel(Module):
                 continue  # no rank has a gradient for it: .grad stays None, as on one process
             g = grads[off:off + n].reshape(p.shape)
             if p.grad is not None and p.grad.shape == p.shape and p.grad.dtype == g.dtype \
-                    and p.grad.data.flags.writeable:
+                    and getattr(p.grad.data.flags, "writeable", True):  # (CuPy: always)
                 p.grad.data[...] = g  # the engine's own array: no new allocation
             else:
                 p.grad = Tensor._make(g.copy())

@@ -33,8 +33,10 @@ rank's loader taking its share of every batch), both functions report figures fo
 group: every training step sums the ranks' loss, top-k hits and sample counts in one small
 all-reduce (so the NaN check, the progress display and a scheduler's metric agree on every
 rank, and ranks never diverge), and ``evaluate`` sums its counts once at the end, so the
-validation error is that of the whole validation set however it was split. The progress bar is
-shown by rank 0 only. ``distributed=False`` keeps the figures per rank.
+validation error is that of the whole validation set however it was split (a loader that pads
+the last batch to split it evenly counts those few repeated samples twice, as with PyTorch's
+DistributedSampler). The progress bar is shown by rank 0 only. ``distributed=False`` keeps the
+figures per rank.
 
 The loader's batches are Tensors; build it with ``device=`` to have them made on the GPU, else
 they are moved to ``device`` here (as are NumPy batches from any other iterable), so the same

@@ -27,7 +27,9 @@ def no_launcher(monkeypatch):
 
 
 def test_import_minidl_imports_neither_mpi4py_nor_distributed_deps():
-    code = ("import sys, minidl, minidl.distributed, minidl.nn.parallel; "
+    code = ("import sys, minidl, minidl.distributed; "
+            "from minidl.nn.parallel import DistributedDataParallel; "
+            "assert minidl.nn.parallel.DistributedDataParallel is DistributedDataParallel; "
             "print('mpi4py' in sys.modules)")
     env = dict(os.environ, PYTHONPATH=ROOT)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

@@ -263,6 +263,30 @@ def ddp_unused_on_one_rank():
         assert "not expected in this step" in str(e)
     else:
         raise AssertionError("a second backward through one forward was accepted")
+    # a forward whose backward never comes (say a NaN loss), then no_sync: nothing is reduced
+    calls = ddp.stats["allreduce_calls"]
+    ddp(xs)
+    with ddp.no_sync():
+        F.cross_entropy(ddp(xs), ys).backward()
+    assert ddp.stats["allreduce_calls"] == calls
+
+    # wrapping the module again once the old wrapper is gone: one reduction per step, not two
+    import gc
+    del ddp
+    gc.collect()
+    ddp2 = DDP(model)
+    model.zero_grad()
+    F.cross_entropy(ddp2(xs, use_extra=(r == 1)), ys).backward()
+    assert ddp2.stats["allreduce_calls"] == 1
+    np.testing.assert_allclose(grads["fc.weight"].grad.data,
+                               (all_local[0]["fc.weight"] + all_local[1]["fc.weight"]) / 2,
+                               rtol=1e-12, atol=1e-15)
+    try:
+        DDP(model)
+    except RuntimeError as e:
+        assert "already wrapped" in str(e)
+    else:
+        raise AssertionError("a second live wrapper was accepted")
     dist.destroy_process_group()
     print(f"OK ddp_unused_on_one_rank rank {r}")
 

@@ -135,6 +135,11 @@ def _reachable_leaves(tensors):
     return leaves
 
 
+def _remove_all(handles):
+    for h in handles:
+        h.remove()
+
+
 class DistributedDataParallel(Module):
     """Wrap ``module`` for data-parallel training over the initialized process group.
 
@@ -212,6 +217,8 @@ class DistributedDataParallel(Module):
 
         for p in self._params:
             self._handles.append(p.register_post_accumulate_grad_hook(hook))
+        # unregister the hooks when this wrapper goes away (the module may be wrapped again)
+        weakref.finalize(self, _remove_all, self._handles)
 
         self._sync = True
         self._armed = False         # a training forward prepared a reduction
@@ -255,6 +262,7 @@ class DistributedDataParallel(Module):
         self._done = False
         if prepare:
             self._check_previous_step()
+            self._armed = False  # armed again below unless inside no_sync()
             if self.broadcast_buffers and self.world_size > 1:
                 self._broadcast_buffers()
         out = self.module(*args, **kwargs)

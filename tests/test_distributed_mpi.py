@@ -102,3 +102,32 @@ def test_distributed_benchmark_quick(tmp_path):
         assert m["allreduce_bytes_per_step"] >= 4 * m["parameters"]
         assert 0 <= m["allreduce_share"] < 1 and m["seconds_per_step"] > 0
     assert "ranks" in p.stdout and "share" in p.stdout
+
+
+def test_alexnet_example_distributed_smoke_and_resume(tmp_path):
+    """mpiexec -n 2 examples/alexnet_imagenet.py --smoke --distributed: the loaders shard each
+    global batch of 16 (so an epoch has the single-process number of steps), rank 0 alone writes
+    results/checkpoint/log, and --resume continues both ranks from rank 0's checkpoint."""
+    import json
+    exe = _require_mpi()
+    out, data_root = tmp_path / "run", tmp_path / "data"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               MINIDL_DATA=str(data_root), MPLBACKEND="Agg")
+    script = os.path.join(ROOT, "examples", "alexnet_imagenet.py")
+    base = [exe, "-n", "2", sys.executable, script, "--smoke", "--distributed", "--workers",
+            "0", "--no-ten-crop", "--out", str(out)]
+    p = subprocess.run(base + ["--epochs", "1"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["distributed"] == {"world_size": 2, "backend": "mpi", "batch_per_rank": 8}
+    # the smoke set: 10 classes x 4 images = 40; global batch 16, drop_last: 2 steps an epoch
+    assert res["steps"] == 2, res["steps"]
+    assert p.stdout.count("epoch   1/1") == 1  # printed by rank 0 only
+    assert (out / "checkpoint.npz").exists()
+    p = subprocess.run(base + ["--epochs", "2", "--resume"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "resumed from" in p.stdout and p.stdout.count("epoch   2/2") == 1
+    res = json.loads((out / "results.json").read_text())
+    assert res["steps"] == 4

@@ -339,7 +339,59 @@ def train_loop_reduces():
     print(f"OK train_loop_reduces rank {r}")
 
 
-SCENARIOS = {"train_loop_reduces": train_loop_reduces, "collectives": collectives, "ddp_matches_one_process": ddp_matches_one_process,
+class _Arrays:
+    """A map-style dataset of (image, label) pairs from two arrays."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def ddp_with_sharded_loader():
+    """The whole stack: DataLoader sharding (num_replicas/rank from the process group; shuffled,
+    seeded) + DDP + train_one_epoch for two epochs at batch B per rank equal one process's loader
+    at batch 2B (1e-10, float64), ranks bit-identical."""
+    from minidl.data import DataLoader
+    from minidl.nn.parallel import DistributedDataParallel as DDP
+    from minidl.train import train_one_epoch
+    import minidl.functional as F
+    dist.init_process_group("mpi")
+    r, w = dist.get_rank(), dist.get_world_size()
+    B = 4
+    rng = np.random.default_rng(11)
+    ds = _Arrays(rng.standard_normal((40, 3, 8, 8)), rng.integers(0, 5, 40))
+
+    ref = _build(seed=100)
+    opt_ref = _sgd(ref)
+    one = DataLoader(ds, batch_size=w * B, shuffle=True, seed=3, num_replicas=1, rank=0)
+    model = _build(seed=100 + r)
+    ddp = DDP(model)
+    opt = _sgd(ddp)
+    mine = DataLoader(ds, batch_size=B, shuffle=True, seed=3)   # sharded by the group
+    assert (mine.num_replicas, mine.rank) == (w, r)
+    for _ in range(2):
+        a = train_one_epoch(ref, one, opt_ref, F.cross_entropy, progress=False,
+                            distributed=False)
+        b = train_one_epoch(ddp, mine, opt, F.cross_entropy, progress=False)
+        assert a["samples"] == b["samples"] == 40 and a["steps"] == b["steps"] == 5
+        assert abs(a["loss"] - b["loss"]) <= 1e-12, (a["loss"], b["loss"])
+    ref_params = dict(ref.named_parameters())
+    for n, p in model.named_parameters():
+        err = float(np.max(np.abs(p.data - ref_params[n].data)))
+        assert err <= 1e-10, (n, err)
+    digests = dist.all_gather_object(_digest(model))
+    assert digests[0] == digests[1], "the ranks' parameters are not bit-identical"
+    dist.destroy_process_group()
+    print(f"OK ddp_with_sharded_loader rank {r}")
+
+
+SCENARIOS = {"ddp_with_sharded_loader": ddp_with_sharded_loader,
+             "train_loop_reduces": train_loop_reduces, "collectives": collectives, "ddp_matches_one_process": ddp_matches_one_process,
              "ddp_unused_on_one_rank": ddp_unused_on_one_rank}
 
 

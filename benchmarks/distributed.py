@@ -176,7 +176,7 @@ def forward_macs(model, input_size):
         w = m.weight
         # every output element of a conv needs (in/groups * kh * kw) MACs; of a linear, in
         per_out = int(np.prod(w.shape[1:]))
-        total[0] += int(out.size) * per_out
+        total[0] += int(out.data.size) * per_out
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.Linear))]

@@ -97,11 +97,14 @@ class _Shape:
 
     def __init__(self, shape, dtype=np.float32, device="cpu"):
         self.shape, self.dtype, self.device = shape, np.dtype(dtype), device
-        self.size = int(np.prod(shape))
+        self.n = int(np.prod(shape))
+
+    def numel(self):
+        return self.n
 
 
 def test_alexnet_gradients_make_a_handful_of_buckets():
-    assert sum(_Shape(s).size for s in ALEXNET_SHAPES) == 60_965_224
+    assert sum(_Shape(s).numel() for s in ALEXNET_SHAPES) == 60_965_224
     params = [_Shape(s) for s in ALEXNET_SHAPES][::-1]   # reduction order: last layer first
     buckets = parallel.assign_buckets(params, 4 * 2 ** 20)
     # by hand: fc8 (16.4 MB with its bias), fc7 (67 MB), fc6 (151 MB), conv5+conv4 (4.4 MB),

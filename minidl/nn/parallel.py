@@ -63,6 +63,11 @@ from minidl.tensor import Tensor, is_grad_enabled
 _WRAPPED = weakref.WeakKeyDictionary()
 
 
+def _numel(t):
+    """Elements of a Tensor (its array's size), or of anything with ``numel()``."""
+    return int(t.data.size) if hasattr(t, "data") else int(t.numel())
+
+
 class _Bucket:
     """Parameters whose gradients are reduced together, and a flat buffer for them."""
 
@@ -75,9 +80,10 @@ class _Bucket:
         self.ready = 0          # parameters of this bucket ready in the current step
 
     def add(self, p, pindex):
-        self.params.append((p, pindex, self.numel, p.size))
-        self.numel += p.size
-        self.nbytes += p.size * p.dtype.itemsize
+        n = _numel(p)
+        self.params.append((p, pindex, self.numel, n))
+        self.numel += n
+        self.nbytes += n * p.dtype.itemsize
 
 
 def assign_buckets(params, bucket_cap_bytes):
@@ -92,7 +98,7 @@ def assign_buckets(params, bucket_cap_bytes):
             out.append(cur)
             cur, cur_bytes = [], 0
         cur.append(i)
-        cur_bytes += p.size * p.dtype.itemsize
+        cur_bytes += _numel(p) * p.dtype.itemsize
         cur_key = key
         if cur_bytes >= bucket_cap_bytes:
             out.append(cur)
@@ -311,7 +317,7 @@ class DistributedDataParallel(Module):
             self._dist.broadcast(flat, src=0)
             off = 0
             for b in bufs:
-                n = b.size
+                n = _numel(b)
                 b.data[...] = flat[off:off + n].reshape(b.shape)
                 b._version += 1
                 off += n

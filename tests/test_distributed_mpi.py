@@ -90,6 +90,7 @@ def test_train_loop_and_evaluate_report_the_whole_group():
     run_ranks("train_loop_reduces")
 
 
+@pytest.mark.slow
 def test_distributed_benchmark_quick(tmp_path):
     """benchmarks/distributed.py --quick measures 1 and 2 ranks and writes its JSON."""
     import json
@@ -111,6 +112,7 @@ def test_distributed_benchmark_quick(tmp_path):
     assert "ranks" in p.stdout and "share" in p.stdout
 
 
+@pytest.mark.slow
 def test_alexnet_example_distributed_smoke_and_resume(tmp_path):
     """mpiexec -n 2 examples/alexnet_imagenet.py --smoke --distributed: the loaders shard each
     global batch of 16 (so an epoch has the single-process number of steps), rank 0 alone writes

@@ -16,7 +16,8 @@
 #   kernels     benchmarks/kernels.py, batch 128 AlexNet shapes            -> kernels.json
 #   models_*    benchmarks/models.py --device cuda: AlexNet b128 and ResNet-50 b64 training
 #               steps beside PyTorch+cuDNN, TF32 off on both sides, then on -> models_*.json
-#   nccl        SLOT: minidl.distributed, init_process_group("nccl") at world size 1
+#   nccl        minidl.distributed: init_process_group("nccl") at world size 1, collectives on
+#               CuPy arrays, one DistributedDataParallel step against a plain copy
 #   alexnet     examples/alexnet_imagenet.py --device cuda, ~2 minutes, must learn
 #                                                                           -> alexnet/results.json
 #
@@ -52,7 +53,7 @@ EPOCHS="${GPU_CHECK_ALEXNET_EPOCHS:-15}"
 # step name -> default timeout (seconds); the sum stays under the 8-minute target
 declare -A T=([env]=15 [pytest]=55 [memcheck]=35 [racecheck]=35 [synccheck]=35 [kernels]=60
               [models_tf32_off_alexnet]=25 [models_tf32_off_resnet50]=25
-              [models_tf32_on_alexnet]=25 [models_tf32_on_resnet50]=25 [nccl]=10 [alexnet]=130)
+              [models_tf32_on_alexnet]=25 [models_tf32_on_resnet50]=25 [nccl]=20 [alexnet]=120)
 STEPS=(env pytest memcheck racecheck synccheck kernels models_tf32_off_alexnet
        models_tf32_off_resnet50 models_tf32_on_alexnet models_tf32_on_resnet50 nccl alexnet)
 timeout_of() {
@@ -70,7 +71,7 @@ plan() {
   kernels    $PY benchmarks/kernels.py --batch 128 --out $OUT/kernels.json
   models     $PY benchmarks/models.py --device cuda --tf32 off|on: alexnet batch 128,
              resnet50 batch 64, beside PyTorch+cuDNN -> $OUT/models_tf32_{off,on}_*.json
-  nccl       minidl.distributed init_process_group("nccl"), world size 1 (skipped if absent)
+  nccl       minidl.distributed init_process_group("nccl"), world size 1: collectives, a DDP step
   alexnet    $PY examples/alexnet_imagenet.py --device cuda --epochs $EPOCHS --out $OUT/alexnet
              (must learn: top-1 error below 0.7, chance 0.9; from log.jsonl if cut short)
 EOF
@@ -203,19 +204,16 @@ for tf in off on; do
 done
 
 # ---- SLOT: distributed (NCCL at world size 1) ----------------------------------------------------
-# One process (an MPI singleton: no launcher needed at world size 1) initializes the NCCL group
-# of minidl.distributed and all-reduces. What the group needs (mpi4py, NCCL through
-# cupy.cuda.nccl) is checked first: where it is missing the step is a recorded skip, not a
-# failure. Further distributed checks go in this slot.
+# One process, no launcher: init_process_group("nccl") on GPU 0 (a group of one needs no MPI;
+# mpi4py is used when present), the collectives on CuPy arrays against hand-computed values, and
+# one DistributedDataParallel step whose gradients must equal a plain copy's (the bucketed NCCL
+# all-reduce of a group of one). NCCL through cupy.cuda.nccl is checked first: where it is
+# missing the step is a recorded skip, not a failure. Further distributed checks go in this slot.
 NCCL_MISSING="$("$PY" 2>&1 <<'EOF' | tail -1
 try:
     import minidl.distributed  # noqa: F401
 except Exception as e:
     print(f"minidl.distributed not importable ({type(e).__name__})"); raise SystemExit
-try:
-    import mpi4py  # noqa: F401
-except Exception:
-    print("mpi4py is not installed (the process group exchanges the NCCL id over MPI)"); raise SystemExit
 try:
     from cupy.cuda import nccl
     if not getattr(nccl, "available", True):
@@ -225,23 +223,54 @@ except Exception as e:
 EOF
 )"
 if [ -z "$NCCL_MISSING" ]; then
-  RANK=0 WORLD_SIZE=1 \
-  run_step nccl "init_process_group(nccl), world size 1" "$PY" - <<'EOF'
-import inspect
+  run_step nccl "init_process_group(nccl), world size 1: collectives + one DDP step" "$PY" - <<'EOF'
+import time
+t0 = time.perf_counter()
+import cupy as cp
+import numpy as np
+import minidl
 import minidl.distributed as dist
-kw = {k: v for k, v in dict(rank=0, world_size=1).items()
-      if k in inspect.signature(dist.init_process_group).parameters}
-dist.init_process_group("nccl", **kw)
-print("initialized:", getattr(dist, "is_initialized", lambda: "?")(),
-      "world size", getattr(dist, "get_world_size", lambda: "?")())
-if hasattr(dist, "all_reduce"):
-    import cupy, minidl
-    t = minidl.Tensor(cupy.arange(4, dtype=cupy.float32))
-    dist.all_reduce(t)
-    print("all_reduce at world size 1:", cupy.asnumpy(t.data))
-    assert (cupy.asnumpy(t.data) == [0, 1, 2, 3]).all()
-if hasattr(dist, "destroy_process_group"):
-    dist.destroy_process_group()
+import minidl.functional as F
+from minidl.nn.parallel import DistributedDataParallel as DDP
+dist.init_process_group("nccl")
+assert (dist.get_rank(), dist.get_world_size(), dist.get_backend()) == (0, 1, "nccl")
+print(f"nccl group of 1 on GPU {cp.cuda.Device().id}, NCCL {cp.cuda.nccl.get_version()}",
+      flush=True)
+for dtype in (cp.float32, cp.float64, cp.int64):
+    a = cp.arange(6, dtype=dtype).reshape(2, 3) - 2
+    dist.all_reduce(a)                     # sum over one rank: unchanged
+    assert (cp.asnumpy(a) == np.arange(6).reshape(2, 3) - 2).all(), dtype
+a = minidl.Tensor(cp.asarray([1.0, -3.0, 8.0]))
+dist.all_reduce(a, op="max")
+dist.all_reduce(a, op="avg")
+dist.broadcast(a, src=0)
+assert cp.asnumpy(a.data).tolist() == [1.0, -3.0, 8.0]
+view = cp.ones((4, 4))[:, ::2]             # non-contiguous: copied, reduced, written back
+dist.all_reduce(view)
+assert float(view.sum()) == 8.0
+try:
+    dist.all_reduce(np.zeros(2))           # a NumPy array on the nccl backend: a clear error
+except dist.DistributedError as e:
+    print("expected:", str(e)[:80])
+else:
+    raise AssertionError("nccl accepted a NumPy array")
+minidl.manual_seed(0)
+model = minidl.nn.Linear(8, 3).double().to("cuda")
+plain = minidl.nn.Linear(8, 3).double().to("cuda")
+plain.load_state_dict(model.state_dict())
+ddp = DDP(model)
+rng = np.random.default_rng(0)
+x = minidl.Tensor(cp.asarray(rng.standard_normal((5, 8))))
+y = minidl.Tensor(cp.asarray(rng.integers(0, 3, 5)))
+F.cross_entropy(ddp(x), y).backward()
+F.cross_entropy(plain(x), y).backward()
+for (n, p), q in zip(model.named_parameters(), plain.parameters()):
+    err = float(cp.abs(p.grad.data - q.grad.data).max())
+    assert err == 0.0, (n, err)
+assert ddp.stats["allreduce_calls"] == 1, ddp.stats
+dist.barrier()
+dist.destroy_process_group()
+print(f"nccl world size 1: collectives and a DDP step OK in {time.perf_counter() - t0:.1f} s")
 EOF
 else
   skip_step nccl "$NCCL_MISSING"

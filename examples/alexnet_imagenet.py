@@ -26,6 +26,14 @@ fully-connected layers whole), ``--no-fancy-pca``, ``--no-lrn``, ``--no-overlap`
 --data DIR: an ImageNet-style folder: DIR/train/<class>/*.JPEG and DIR/val/<class>/*, or list
 files DIR/train.txt and DIR/val.txt ("relative/path label" per line, paths relative to DIR).
 
+--distributed: data-parallel training over the ranks of an MPI launch, one process per rank,
+``mpiexec -n 2 python examples/alexnet_imagenet.py --distributed`` (backend "mpi"; with
+``--device cuda`` backend "nccl", one GPU per rank). ``--batch-size`` stays the global batch
+(each of the W ranks loads batch/W images of it, so W must divide it) and the learning rate is
+unchanged: the run follows the single-process one, up to floating-point rounding and dropout
+masks (each rank draws its own). Rank 0 prints, logs, plots and writes the checkpoint; the
+metrics and the validation error are those of all ranks together; --resume resumes every rank.
+
 Writes into --out: results.json (val_top1_error, val_top5_error as fractions, the paper's
 figures, timings), log.jsonl, curves.png, checkpoint.npz.
 """
@@ -39,7 +47,10 @@ from _common import Stopwatch, announce, make_parser, print_table, setup, write_
 from _common import existing_dir, nonnegative_int, positive_float, positive_int, probability  # argparse types
 
 import minidl.functional as F
+import minidl
+import minidl.distributed as dist
 from minidl import data, models, optim
+from minidl.nn.parallel import DistributedDataParallel
 from minidl.data import transforms as T
 from minidl.train import (EpochLog, evaluate, load_checkpoint, plot_curves, save_checkpoint,
                           train_one_epoch)
@@ -94,6 +105,10 @@ def parse_args(argv=None):
                    help="data-loading processes [1 on CPU, 4 with --paper]")
     p.add_argument("--resume", nargs="?", const="", default=None,
                    help="continue from a checkpoint (default: OUT/checkpoint.npz)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of an MPI launch (mpiexec -n W ...): "
+                        "backend mpi, or nccl with --device cuda; --batch-size is the global "
+                        "batch")
     args = p.parse_args(argv)
     if args.input_size and args.image_size and args.input_size > args.image_size:
         p.error(f"--input-size {args.input_size} is larger than --image-size {args.image_size} "
@@ -171,13 +186,28 @@ def build_transforms(train_set, cfg, out):
 
 def main(argv=None):
     args = parse_args(argv)
+    world, rank = 1, 0
+    if args.distributed:
+        # before setup: the nccl backend picks this rank's GPU
+        dist.init_process_group("nccl" if args.device == "cuda" else "mpi")
+        world, rank = dist.get_world_size(), dist.get_rank()
+        if rank != 0:  # progress, tables and notes come from rank 0
+            sys.stdout = open(os.devnull, "w")
     device = setup(args)
     cfg = config_from(args)
+    if cfg["batch_size"] % world:
+        sys.exit(f"error: --distributed with {world} ranks needs a batch size divisible by "
+                 f"{world}, got {cfg['batch_size']}")
+    per_rank = cfg["batch_size"] // world
     t_start = time.perf_counter()
 
     with Stopwatch() as t_data:
+        if rank != 0:
+            dist.barrier()  # rank 0 generates and caches the data (and the mean image) first
         train_set, val_set, data_desc = datasets(args, cfg)
         train_tf, centre_tf, ten_tf = build_transforms(train_set, cfg, args.out)
+        if args.distributed and rank == 0:
+            dist.barrier()
     num_classes = len(train_set.classes) if hasattr(train_set, "classes") else \
         int(max(train_set.targets)) + 1
     scaled = None
@@ -190,14 +220,17 @@ def main(argv=None):
                   + ("" if args.data else ", on the generated shapes set"))
     announce("AlexNet (Krizhevsky et al. 2012)",
              dict(cfg, data=data_desc, device=device, seed=args.seed,
-                  data_prep_seconds=round(t_data.seconds, 1)), scaled)
+                  data_prep_seconds=round(t_data.seconds, 1),
+                  **({"ranks": f"{world} ({dist.get_backend()}), batch {per_rank} per rank"}
+                     if args.distributed else {})), scaled)
 
     train_set.transform = train_tf
-    loader = data.DataLoader(train_set, batch_size=cfg["batch_size"], shuffle=True,
+    # in a process group the loaders shard every batch across the ranks (num_replicas, rank)
+    loader = data.DataLoader(train_set, batch_size=per_rank, shuffle=True,
                              num_workers=cfg["workers"], drop_last=True, seed=args.seed,
                              device=device)
     val_set.transform = centre_tf
-    val_loader = data.DataLoader(val_set, batch_size=cfg["batch_size"] * 2,
+    val_loader = data.DataLoader(val_set, batch_size=per_rank * 2,
                                  num_workers=cfg["workers"], seed=args.seed, device=device)
 
     arch_kw = dict(width=cfg["model_width"], input_size=cfg["input_size"], init=cfg["init"],
@@ -207,6 +240,11 @@ def main(argv=None):
     else:
         model = models.alexnet(num_classes=num_classes, towers=cfg["towers"], **arch_kw)
     model.to(device)
+    # the model that trains: DDP broadcasts rank 0's weights now and averages the gradients;
+    # `model` itself is what checkpoints hold (the same keys as a single-process run)
+    net = DistributedDataParallel(model) if args.distributed else model
+    if rank:  # each rank its own dropout masks
+        minidl.manual_seed(int(np.random.SeedSequence([args.seed, rank]).generate_state(1)[0]))
     print(f"model: {model.num_parameters():,} parameters, feature map "
           f"{model.feature_size}x{model.feature_size} at fc6")
     opt = optim.SGD(model.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=5e-4,
@@ -220,10 +258,13 @@ def main(argv=None):
     if args.resume is not None:
         path = args.resume or ckpt
         extra = load_checkpoint(path, model, opt, sched, loader)
+        states = extra.get("rank_random_states")
+        if args.distributed and states and len(states) == world:
+            minidl.random.set_state(states[rank])  # every rank continues its own stream
         start_epoch, step = int(extra["epoch"]), int(extra["step"])
         train_seconds = float(extra.get("train_seconds", 0.0))
         print(f"resumed from {path} at epoch {start_epoch} (step {step})")
-    elif os.path.exists(log_path):
+    elif os.path.exists(log_path) and rank == 0:
         os.remove(log_path)  # a fresh run starts a fresh log
     log = EpochLog(log_path)
 
@@ -236,41 +277,48 @@ def main(argv=None):
     for epoch in range(start_epoch, cfg["epochs"]):
         batch_times.clear()
         batch_times.append(time.perf_counter())
-        tr = train_one_epoch(model, loader, opt, F.cross_entropy, device, epoch=epoch,
+        tr = train_one_epoch(net, loader, opt, F.cross_entropy, device, epoch=epoch,
                              start_step=step, on_step=on_step, progress=True)
         step = tr["step"]
         train_seconds += tr["time"]
-        val = evaluate(model, val_loader, device)
+        val = evaluate(net, val_loader, device)
         sched.step(val["top1"])
         per_batch = float(np.median(np.diff(batch_times))) if len(batch_times) > 1 else None
-        log.append(epoch=epoch + 1, step=step, lr=tr["lr"], train_loss=tr["loss"],
-                   train_top1=tr["top1"], train_top5=tr["top5"], val_loss=val["loss"],
-                   val_top1=val["top1"], val_top5=val["top5"], epoch_seconds=tr["time"],
-                   seconds_per_batch=per_batch)
+        if rank == 0:
+            log.append(epoch=epoch + 1, step=step, lr=tr["lr"], train_loss=tr["loss"],
+                       train_top1=tr["top1"], train_top5=tr["top5"], val_loss=val["loss"],
+                       val_top1=val["top1"], val_top5=val["top5"], epoch_seconds=tr["time"],
+                       seconds_per_batch=per_batch)
         print(f"epoch {epoch + 1:3d}/{cfg['epochs']}  lr {tr['lr']:.4g}  train loss "
               f"{tr['loss']:.3f} top-1 err {tr['top1']:.3f}  |  val (centre crop) loss "
               f"{val['loss']:.3f} top-1 err {val['top1']:.3f} top-5 err {val['top5']:.3f}  |  "
               f"{tr['time']:.0f} s, {per_batch or float('nan'):.3f} s/batch "
               f"(elapsed {time.perf_counter() - t_start:.0f} s)")
         sys.stdout.flush()
-        save_checkpoint(ckpt, model, opt, sched, loader, epoch=epoch + 1, step=step,
-                        train_seconds=train_seconds)
+        # every rank's dropout stream (a collective: all ranks call it); rank 0 writes
+        states = dist.all_gather_object(minidl.random.get_state()) if args.distributed \
+            else None
+        if rank == 0:
+            save_checkpoint(ckpt, model, opt, sched, loader, epoch=epoch + 1, step=step,
+                            train_seconds=train_seconds, rank_random_states=states)
 
-    png = plot_curves(log_path, os.path.join(args.out, "curves.png"),
-                      title="AlexNet" + (" (paper configuration)" if args.paper else
-                                         " (scaled, CPU)"))
+    png = None
+    if rank == 0:
+        png = plot_curves(log_path, os.path.join(args.out, "curves.png"),
+                          title="AlexNet" + (" (paper configuration)" if args.paper else
+                                             " (scaled, CPU)"))
     if val is None:  # resumed a finished run: evaluate the loaded weights
-        val = evaluate(model, val_loader, device)
+        val = evaluate(net, val_loader, device)
     centre = val
     with Stopwatch() as t_eval:
         if args.no_ten_crop:
             final = centre
         else:
             val_set.transform = ten_tf
-            ten_loader = data.DataLoader(val_set, batch_size=max(1, cfg["batch_size"] // 4),
+            ten_loader = data.DataLoader(val_set, batch_size=max(1, per_rank // 4),
                                          num_workers=cfg["workers"], seed=args.seed,
                                          device=device)
-            final = evaluate(model, ten_loader, device, ten_crop=True)
+            final = evaluate(net, ten_loader, device, ten_crop=True)
     total = time.perf_counter() - t_start
     records = log.records()
     per_batch = [r["seconds_per_batch"] for r in records if r.get("seconds_per_batch")]
@@ -288,7 +336,13 @@ def main(argv=None):
         "seconds_training": train_seconds, "seconds_final_eval": t_eval.seconds,
         "seconds_per_batch_median": float(np.median(per_batch)) if per_batch else None,
         "curves_png": png,
+        "distributed": ({"world_size": world, "backend": dist.get_backend(),
+                         "batch_per_rank": per_rank} if args.distributed else None),
     }
+    if args.distributed:
+        dist.destroy_process_group()
+    if rank != 0:
+        return results
     write_results(args.out, results)
     print_table(["", "top-1 error", "top-5 error"], [
         ["this run, val (" + results["val_eval"] + ")", final["top1"], final["top5"]],

@@ -28,7 +28,9 @@ array itself (views and other holders of it see the result), and a Tensor's ``_v
 bumped. ``op`` is one of "sum", "avg" (the mean over ranks), "prod", "min", "max" (or the
 :class:`ReduceOp` constants).
 
-Importing this module imports neither mpi4py nor CuPy; :func:`init_process_group` does.
+Importing this module imports neither mpi4py nor CuPy; :func:`init_process_group` does. A
+process that no launcher started and that has no mpi4py can still form a group of one (both
+backends; NCCL's unique id then needs no MPI), so single-GPU checks run without MPI.
 Errors are :class:`DistributedError` (a RuntimeError) with what is missing and what to run.
 """
 import os
@@ -67,6 +69,29 @@ _OP_ALIASES = {"mean": "avg", "product": "prod"}
 # Intel MPI: PMI_*; Open MPI: OMPI_COMM_WORLD_*; PMIx-based launchers; MVAPICH; Slurm's srun).
 _LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE",
                        "SLURM_NTASKS")
+
+
+class _SelfComm:
+    """The few mpi4py communicator methods used here, for a group of one process without
+    mpi4py (collectives are identities)."""
+
+    def Get_size(self):
+        return 1
+
+    def Get_rank(self):
+        return 0
+
+    def Barrier(self):
+        pass
+
+    def allreduce(self, obj):
+        return obj
+
+    def allgather(self, obj):
+        return [obj]
+
+    def bcast(self, obj, root=0):
+        return obj
 
 
 class _Group:
@@ -169,8 +194,13 @@ def init_process_group(backend="mpi", world_size=None, rank=None):
             f"mpiexec -n {world_size} python <script>")
     if backend == "nccl":
         _check_nccl_available()
-    MPI = _import_mpi(f"init_process_group(backend={backend!r})")
-    comm = MPI.COMM_WORLD
+    if launched is None and not is_available():
+        # no launcher and no mpi4py: a group of one needs no MPI (e.g. a GPU machine running
+        # the nccl backend at world size 1)
+        comm, MPI = _SelfComm(), None
+    else:
+        MPI = _import_mpi(f"init_process_group(backend={backend!r})")
+        comm = MPI.COMM_WORLD
     size, me = comm.Get_size(), comm.Get_rank()
     if world_size is not None and world_size != size:
         hint = ("the launcher started only 1 process" if size == 1 else
@@ -180,9 +210,12 @@ def init_process_group(backend="mpi", world_size=None, rank=None):
     if rank is not None and rank != me:
         raise DistributedError(f"init_process_group: rank {rank} was asked for, but the MPI "
                                f"launcher made this process rank {me}")
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=me)
-    local_rank, local_size = node.Get_rank(), node.Get_size()
-    node.Free()
+    if MPI is None:
+        local_rank, local_size = 0, 1
+    else:
+        node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=me)
+        local_rank, local_size = node.Get_rank(), node.Get_size()
+        node.Free()
     group = _Group(backend, comm, me, size, local_rank, local_size)
     if backend == "nccl":
         _init_nccl(group)
@@ -354,7 +387,7 @@ def all_reduce(tensor, op="sum"):
     collectives. Returns None (like PyTorch without ``async_op``).
     """
     g = _require("all_reduce")
-    op = _normalize_op(op)
+    op = _normalize_op(op)  # (a group of one without mpi4py never reaches MPI below)
     arr = _array_of(tensor, "all_reduce")
     _check_device(g, arr, "all_reduce")
     if op == "avg" and arr.dtype.kind not in "fc":

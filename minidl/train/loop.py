@@ -27,6 +27,17 @@
 above needs no epoch variable of its own; after ``load_checkpoint`` its first iterator resumes
 mid-epoch where the checkpoint stood.)
 
+In a data-parallel run (a :mod:`minidl.distributed` process group of more than one rank,
+usually with the model wrapped in :class:`~minidl.nn.parallel.DistributedDataParallel` and each
+rank's loader taking its share of every batch), both functions report figures for the whole
+group: every training step sums the ranks' loss, top-k hits and sample counts in one small
+all-reduce (so the NaN check, the progress display and a scheduler's metric agree on every
+rank, and ranks never diverge), and ``evaluate`` sums its counts once at the end, so the
+validation error is that of the whole validation set however it was split (a loader that pads
+the last batch to split it evenly counts those few repeated samples twice, as with PyTorch's
+DistributedSampler). The progress bar is shown by rank 0 only. ``distributed=False`` keeps the
+figures per rank.
+
 The loader's batches are Tensors; build it with ``device=`` to have them made on the GPU, else
 they are moved to ``device`` here (as are NumPy batches from any other iterable), so the same
 loop runs on "cpu" and "cuda". A NaN or infinite
@@ -39,6 +50,7 @@ import time
 import numpy as np
 
 from minidl import backend
+from minidl import distributed as _dist
 from minidl.tensor import Tensor, no_grad
 from minidl.train.metrics import AverageMeter, topk_correct
 from minidl.train.progress import Progress
@@ -66,20 +78,36 @@ def model_device(model):
     return "cpu"
 
 
+def _reduce_across_ranks(distributed):
+    """Whether to sum metrics over a process group: ``None`` means when one of more than one
+    rank is initialized."""
+    if distributed is None:
+        return _dist.is_initialized() and _dist.get_world_size() > 1
+    if distributed and not _dist.is_initialized():
+        raise _dist.DistributedError("distributed=True needs an initialized process group "
+                                     "(minidl.distributed.init_process_group)")
+    return bool(distributed)
+
+
 def _make_progress(progress, total, desc):
     if isinstance(progress, Progress):
         return progress, False
+    if not _dist.is_main_process():
+        progress = False  # one bar per run, not one per rank
     if progress is False or progress is None:
         return Progress(total, desc=desc, quiet=True), True
     return Progress(total, desc=desc, quiet=None if progress is True else False), True
 
 
-def _total(loader):
+def _total(loader, whole_group=False):
+    """Samples the progress bar counts to: this rank's share of a sharded loader's epoch, or
+    the whole group's with ``whole_group`` (the loop then counts every rank's samples)."""
     ds = getattr(loader, "dataset", None)
     try:
         n = len(ds) if ds is not None else None
-        if n is not None and getattr(loader, "num_replicas", 1) > 1:  # this rank's share
-            n = min(n, len(loader) * loader.batch_size)
+        replicas = getattr(loader, "num_replicas", 1)
+        if n is not None and replicas > 1:
+            n = min(n, len(loader) * loader.batch_size * (replicas if whole_group else 1))
         return n
     except TypeError:
         return None
@@ -109,7 +137,7 @@ def _step_scheduler(scheduler, metric):
 
 def train_one_epoch(model, loader, optimizer, loss_fn, device=None, scheduler=None,
                     scheduler_per="iter", progress=True, on_step=None, epoch=None,
-                    start_step=0, ks=(1, 5)):
+                    start_step=0, ks=(1, 5), distributed=None):
     """Train on every batch ``loader`` yields (one epoch, or the rest of it right after a
     resume): forward, loss,
     NaN/Inf check, ``zero_grad``, backward, ``optimizer.step()``.
@@ -126,6 +154,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device=None, scheduler=No
       error), ``lr`` (the rate this update used), ``samples``. Returning True stops the epoch
       right there (e.g. to save a checkpoint mid-epoch and quit); the epoch scheduler is then not
       stepped.
+    * ``distributed``: sum the metrics over the process group (the default when one of more
+      than one rank is initialized; see the module docstring). ``loss``, ``top1`` and
+      ``samples`` (in ``on_step`` and in the result) are then those of all ranks' batches.
 
     Returns ``{"loss", "top1", "top5", ... (averages over the samples seen), "samples", "steps",
     "step" (global), "lr", "time", "stopped"}``.
@@ -138,6 +169,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device=None, scheduler=No
     if scheduler_per not in ("iter", "epoch"):
         raise ValueError(f"scheduler_per must be 'iter' or 'epoch', got {scheduler_per!r}")
     device = backend.normalize_device(device) if device is not None else model_device(model)
+    reduce = _reduce_across_ranks(distributed)
     model.train()
     loss_meter = AverageMeter("loss")
     correct = [0] * len(ks)
@@ -146,7 +178,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device=None, scheduler=No
     stopped = False
     t0 = time.perf_counter()
     desc = f"epoch {epoch}" if epoch is not None else "train"
-    bar, own_bar = _make_progress(progress, _total(loader), desc)
+    bar, own_bar = _make_progress(progress, _total(loader, whole_group=reduce), desc)
     try:
         for batch_idx, (images, labels) in enumerate(loader):
             x, y = _batch_to(images, labels, device)
@@ -154,6 +186,13 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device=None, scheduler=No
             out = model(x)
             loss = loss_fn(out, y)
             value = float(loss.item())
+            n = int(x.shape[0])
+            c = topk_correct(out.data, y.data, ks)
+            if reduce:  # the group's loss, hits and samples (NaN anywhere is NaN everywhere)
+                tot = _dist.all_reduce_values([value * n, n] + c)
+                n = int(tot[1])
+                value = float(tot[0]) / n if n else float("nan")
+                c = [int(v) for v in tot[2:]]
             step = start_step + steps + 1
             if not math.isfinite(value):
                 raise NonFiniteLossError(step, value, epoch, batch_idx)
@@ -161,10 +200,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device=None, scheduler=No
             loss.backward()
             optimizer.step()
             steps += 1
-            n = int(x.shape[0])
             seen += n
             loss_meter.update(value, n)
-            c = topk_correct(out.data, y.data, ks)
             correct = [a + b for a, b in zip(correct, c)]
             batch_top1 = 1.0 - c[0] / n
             if scheduler is not None and scheduler_per == "iter":
@@ -195,7 +232,7 @@ def _log_softmax(xp, z):
 
 
 def evaluate(model, loader, device=None, ten_crop=False, loss_fn=None, progress=False,
-             ks=(1, 5)):
+             ks=(1, 5), distributed=None):
     """Loss and top-k errors of ``model`` (in eval mode, without gradients) over ``loader``.
 
     The loss is the mean cross-entropy of the softmax of the outputs (or ``loss_fn(output,
@@ -204,9 +241,13 @@ def evaluate(model, loader, device=None, ten_crop=False, loss_fn=None, progress=
     N*V views and the V softmaxes of a sample are averaged (AlexNet's test), the loss being
     ``-log`` of the averaged probability of the target. The model's train/eval mode is restored.
 
+    ``distributed``: sum the counts over the process group at the end (the default when one of
+    more than one rank is initialized), for a loader that gives each rank a share of the set.
+
     Returns ``{"loss", "top1", "top5", "samples"}`` (errors in [0, 1]).
     """
     device = backend.normalize_device(device) if device is not None else model_device(model)
+    reduce = _reduce_across_ranks(distributed)
     was_training = model.training
     model.eval()
     loss_sum, seen = 0.0, 0
@@ -217,6 +258,8 @@ def evaluate(model, loader, device=None, ten_crop=False, loss_fn=None, progress=
             for images, labels in loader:
                 x, y = _batch_to(images, labels, device)
                 n = int(x.shape[0])
+                if n == 0:  # a rank's share of the last batch can be empty
+                    continue
                 if ten_crop:
                     if x.ndim != 5:
                         raise ValueError(f"evaluate(ten_crop=True) expects (N, V, C, H, W) "
@@ -246,6 +289,9 @@ def evaluate(model, loader, device=None, ten_crop=False, loss_fn=None, progress=
         if own_bar:
             bar.close()
         model.train(was_training)
+    if reduce:
+        tot = _dist.all_reduce_values([loss_sum, seen] + correct)
+        loss_sum, seen, correct = float(tot[0]), int(tot[1]), [int(v) for v in tot[2:]]
     result = {"loss": loss_sum / seen if seen else float("nan")}
     for k, c in zip(ks, correct):
         result[f"top{k}"] = 1.0 - c / seen if seen else float("nan")

@@ -128,7 +128,8 @@ class _Call:
     def __init__(self, cls, ctx, args, tensor_pos, outputs):
         self.cls, self.ctx, self.n_args = cls, ctx, len(args)
         self.tensor_pos = tensor_pos                     # arg positions of the node's parents
-        self.input_meta = [(args[i].shape, args[i].dtype) for i in tensor_pos]
+        self.input_meta = [(args[i].shape, args[i].dtype,
+                            backend.get_array_module(args[i].data)) for i in tensor_pos]
         self.outputs = outputs                           # (shape, dtype, xp) per output
         self.n_outputs = len(outputs)
         self.output_grads = {}
@@ -152,16 +153,16 @@ class _Call:
         out = []
         for slot, pos in enumerate(self.tensor_pos):
             g = result[pos]
-            shape, dtype = self.input_meta[slot]
+            shape, dtype, xp = self.input_meta[slot]
             if g is None or not ctx.needs_input_grad[pos]:
                 out.append(None)
                 continue
             g = g._data if isinstance(g, Tensor) else g
-            if not hasattr(g, "shape"):
-                g = np.asarray(g, dtype=dtype)
+            if not hasattr(g, "shape") or backend.get_array_module(g) is not xp:
+                g = xp.asarray(g, dtype=dtype)  # a number, or a NumPy array for a GPU input
             if tuple(g.shape) != tuple(shape):
                 if g.ndim == 0:
-                    g = backend.get_array_module(g).broadcast_to(g, shape)
+                    g = xp.broadcast_to(g, shape)
                 else:
                     raise RuntimeError(f"{name}.backward returned a gradient of shape "
                                        f"{tuple(g.shape)} for argument {pos} of shape "

@@ -573,7 +573,8 @@ def max_dim(x, dim, keepdim=False, mode="max"):
     if x.shape[d] == 0:
         raise IndexError(f"{mode}(dim={dim}): the dimension is empty in shape {x.shape}")
     xa = x.data
-    idx = xa.argmax(axis=d, keepdims=True) if mode == "max" else xa.argmin(axis=d, keepdims=True)
+    xp = backend.get_array_module(xa)
+    idx = xp.expand_dims(xa.argmax(axis=d) if mode == "max" else xa.argmin(axis=d), d)
     idx = idx.astype(np.int64)
     values = IndexReduce.apply(x, axis=d, keepdims=keepdim, idx=idx)
     return ValuesIndices(values, Tensor._make(idx if keepdim else idx.squeeze(d)))
@@ -592,7 +593,7 @@ def argmax(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     axis, keepdims = dim_args("argmax", dim, axis, keepdim, keepdims)
     if axis is not None:
         axis = check_dim(axis, x.ndim, "argmax", x.shape)
-    return Tensor._make(x.data.argmax(axis=axis, keepdims=keepdims).astype(np.int64))
+    return _arg_reduce(x.data.argmax(axis=axis), x.ndim, axis, keepdims)
 
 
 def argmin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
@@ -600,7 +601,14 @@ def argmin(x, axis=None, keepdims=False, *, dim=None, keepdim=None):
     axis, keepdims = dim_args("argmin", dim, axis, keepdim, keepdims)
     if axis is not None:
         axis = check_dim(axis, x.ndim, "argmin", x.shape)
-    return Tensor._make(x.data.argmin(axis=axis, keepdims=keepdims).astype(np.int64))
+    return _arg_reduce(x.data.argmin(axis=axis), x.ndim, axis, keepdims)
+
+
+def _arg_reduce(idx, ndim, axis, keepdims):
+    if keepdims:  # (expand_dims: CuPy's argmax has no keepdims)
+        xp = backend.get_array_module(idx)
+        idx = xp.reshape(idx, (1,) * ndim) if axis is None else xp.expand_dims(idx, axis)
+    return Tensor._make(idx.astype(np.int64))
 
 
 def compare(a, b, op):

@@ -10,8 +10,16 @@ and whatever its ``forward`` saved for ``backward`` (and nothing else).
 ``loss.backward()`` then walks the graph once in reverse topological order — iteratively, so a
 1202-layer ResNet or a chain of 5000 ops needs no recursion — calling each Function's
 ``backward`` with the gradient of its output and handing the results to its parents. Gradients
-of leaf tensors that require grad accumulate into ``.grad``; the graph (and the arrays it saved)
-is freed afterwards unless ``retain_graph=True``.
+of leaf tensors that require grad accumulate into ``.grad`` (in the leaf's dtype); the graph
+(and the arrays it saved) is freed afterwards unless ``retain_graph=True``, and a later backward
+that reaches a freed node raises instead of silently stopping there.
+
+Wrong gradients are refused rather than computed: every Tensor has a ``_version`` counter that
+in-place writers bump (the in-place methods, assignments to ``.data``, optimizer steps), the
+engine records it for the Tensors whose arrays a Function saved, and backward raises when one
+changed in between. In-place methods refuse leaves that require grad unless run under
+``no_grad()``. Hooks (``Tensor.register_hook``, ``register_post_accumulate_grad_hook``) cost
+nothing when none is registered.
 
 The engine knows no particular op; broadcasting is undone in exactly one place,
 :func:`unbroadcast`.
@@ -257,11 +265,6 @@ class Function:
                 "changed between the forward pass and backward() (an in-place op such as add_ "
                 "or -=, an optimizer step, or an assignment to .data); run the forward again "
                 "after the change, or change a .clone() of the tensor instead")
-
-    def _free(self):
-        """Drop the parents and saved arrays (backward without retain_graph)."""
-        self.__dict__.clear()
-        self._freed = True
 
     @classmethod
     def apply(cls, *inputs, **params):
@@ -525,7 +528,7 @@ class Tensor:
                                                                           "same_kind"):
             raise TypeError(f"{name}: the result has dtype {vdtype}, which cannot be cast to "
                             f"this tensor's dtype {d.dtype} in place")
-        if getattr(d, "flags", None) is not None and not d.flags.writeable:
+        if not getattr(getattr(d, "flags", None), "writeable", True):  # (CuPy has no flag)
             xp = backend.get_array_module(d)
             self._data = xp.broadcast_to(xp.asarray(value, dtype=d.dtype), d.shape).copy()
         else:
@@ -594,7 +597,9 @@ class Tensor:
     def fill_(self, value):
         """Set every element to ``value``; returns self."""
         self._check_inplace("fill_")
-        return self._write(np.asarray(value, dtype=self.dtype), "fill_")
+        if isinstance(value, Tensor):
+            value = value.item()
+        return self._write(self.dtype.type(value), "fill_")
 
     def zero_(self):
         """Set every element to 0; returns self."""
@@ -612,7 +617,7 @@ class Tensor:
         v = value._data if isinstance(value, Tensor) else value
         d = self._data
         idx = ops._clean_index(index)
-        if getattr(d, "flags", None) is not None and not d.flags.writeable:
+        if not getattr(getattr(d, "flags", None), "writeable", True):
             d = self._data = d.copy()
         d[idx] = v
         self._version += 1
@@ -761,7 +766,7 @@ class Tensor:
                 prev = grads.get(id(p))
                 grads[id(p)] = gx if prev is None else prev + gx
             if not retain_graph:
-                # drop the parents and what it saved; the node stays, marked freed (fn._free())
+                # drop the parents and what it saved; the node stays, marked freed
                 fn.__dict__.clear()
                 fn._freed = True
 

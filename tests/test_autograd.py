@@ -497,3 +497,23 @@ def test_setitem_writes_in_place_and_follows_the_in_place_rules():
         y.backward()   # Mul saved w's array, changed by the assignment
     with pytest.raises(RuntimeError, match="value requires grad"):
         x[0] = leaf([1.0, 2.0, 3.0])
+
+
+def test_in_place_versions_and_hooks_on_device(device):
+    w = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True, device=device)
+    seen = []
+    w.register_hook(lambda g: seen.append(g.device))
+    y = (w * w).sum()
+    with minidl.no_grad():
+        w.sub_(Tensor(np.ones(3), device=device)).mul_(2).clamp_(0.0, 3.0)
+        w[0] = 0.5
+        w.fill_(1.5)
+        w.copy_(np.array([1.0, 2.0, 3.0]))
+        w -= 1
+    assert w.device == device and w._version == 7
+    np.testing.assert_array_equal(w.numpy(), [0.0, 1.0, 2.0])
+    with pytest.raises(RuntimeError, match="version 7; expected version 0"):
+        y.backward()
+    (w * w).sum().backward()
+    assert seen == [device] and w.grad.device == device
+    np.testing.assert_array_equal(w.grad.numpy(), [0.0, 2.0, 4.0])

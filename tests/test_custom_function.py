@@ -221,3 +221,14 @@ def test_wrong_number_or_shape_of_gradients_is_a_clear_error():
 
     with pytest.raises(RuntimeError, match=r"shape \(3,\) for argument 0 of shape \(2,\)"):
         BadShape.apply(x).sum().backward()
+
+
+def test_custom_function_on_device(device):
+    x = Tensor(np.array([0.5, -1.0, 2.0]), requires_grad=True, device=device)
+    y = LegendrePolynomial3.apply(x)
+    assert y.device == device
+    y.sum().backward()
+    assert x.grad.device == device
+    v = np.array([0.5, -1.0, 2.0])
+    np.testing.assert_allclose(x.grad.numpy(), 1.5 * (5 * v ** 2 - 1))
+    assert gradcheck(LegendrePolynomial3.apply, [x])

@@ -175,3 +175,14 @@ def test_out_of_place_method_aliases():
     np.testing.assert_array_equal(a.div(b).numpy(), [1 / 3, 0.5])
     np.testing.assert_array_equal(a.pow(2).numpy(), [1.0, 4.0])
     np.testing.assert_allclose(a.softmax(0).numpy(), np.exp([1, 2]) / np.exp([1, 2]).sum())
+
+
+def test_max_dim_and_argmax_on_device(device):
+    x = Tensor(X, requires_grad=True, device=device)
+    v, i = x.max(1, keepdim=True)
+    assert v.device == device and i.device == device
+    np.testing.assert_array_equal(i.numpy(), [[1], [0]])
+    np.testing.assert_array_equal(x.argmax(dim=1, keepdim=True).numpy(), [[1], [0]])
+    assert x.argmax(keepdim=True).shape == (1, 1) and x.argmax(keepdim=True).item() == 3
+    v.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [[0, 1, 0], [1, 0, 0]])

@@ -688,6 +688,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # a subprocess that sleeps while its workers fill the pipe
 @pytest.mark.skipif(not (os.path.isdir("/proc/self") and hasattr(os, "killpg")),
                     reason="needs Linux /proc and process groups")
 def test_workers_exit_when_the_main_process_alone_is_killed(tmp_path):

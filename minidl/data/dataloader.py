@@ -331,7 +331,9 @@ def _serve(dataset, collate_fn, seed, worker_id, index_queue, result_queue, pare
         try:
             task = index_queue.get(timeout=1.0)
         except queue.Empty:
-            if os.getppid() != parent_pid:  # the main process died: do not linger
+            if os.getppid() != parent_pid:  # the main process died: do not linger, and do
+                # not wait at exit to flush results into a pipe that nobody will read
+                result_queue.cancel_join_thread()
                 return
             continue
         if task is None:
@@ -349,8 +351,8 @@ def _serve(dataset, collate_fn, seed, worker_id, index_queue, result_queue, pare
             continue
         _, epoch, batch_no, indices, slot = task
         try:
-            if init_error is not None:
-                raise init_error
+            if init_error is not None:  # a fresh copy each time (notes are added to it)
+                raise _fresh(init_error)
             batch, skipped = _load_batch(dataset, collate_fn, seed, epoch, batch_no, indices)
             arrays = []
             skeleton = _pack(batch, arrays)
@@ -380,6 +382,13 @@ def _serve(dataset, collate_fn, seed, worker_id, index_queue, result_queue, pare
                                    f"of epoch {epoch} (sample indices {list(map(int, indices))})"
                                    f":\n{tb}\n{notes}")
             result_queue.put(("batch", batch_no, None, err))
+
+
+def _fresh(error):
+    try:
+        return pickle.loads(pickle.dumps(error))
+    except Exception:
+        return error
 
 
 def _stop_workers(workers, index_queues, result_queue, slots, unlinked):
@@ -425,6 +434,13 @@ def _unlink(slots, unlinked):
             shm.unlink()
         except OSError:
             pass
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error):
+        self.error = error
 
 
 class _WorkerPool:
@@ -523,11 +539,13 @@ class _WorkerPool:
                     self._on_attached(msg[1], msg[2])
                     continue
                 _, batch_no, payload, err = msg
-                if err is not None:
-                    raise err
                 self.pending.discard(batch_no)
-                done[batch_no] = self._receive(payload)
-            yield done.pop(k)
+                # an error is raised in batch order, as PyTorch does (and as without workers)
+                done[batch_no] = _Failed(err) if err is not None else self._receive(payload)
+            result = done.pop(k)
+            if isinstance(result, _Failed):
+                raise result.error
+            yield result
 
     def _on_attached(self, worker, ok):
         self.answered.add(worker)

@@ -32,6 +32,7 @@ other global stops the load with :class:`UnsafeCheckpointError` before anything 
 Every write goes to a temporary file in the target's folder and is renamed over the target, so
 an interrupted save never leaves a truncated file behind.
 """
+import errno
 import io
 import json
 import math
@@ -778,8 +779,12 @@ def load(path, map_location=None, device=None):
             raise                                   # already names the file and the problem
         raise ValueError(f"minidl.load({path!r}): cannot read the {ext} file: "
                          f"{type(e).__name__}: {e}") from None
-    except OSError:
-        raise
+    except OSError as e:
+        if e.errno != errno.EINVAL:                 # a missing/unreadable file stays OSError
+            raise
+        # a damaged zip directory makes zipfile seek to a negative offset
+        raise ValueError(f"minidl.load({path!r}): cannot read the {ext} file (damaged: "
+                         f"{e.strerror} while seeking in it)") from None
     except Exception as e:                          # a damaged file: zip, pickle, npy layers
         raise ValueError(f"minidl.load({path!r}): cannot read the {ext} file: "
                          f"{type(e).__name__}: {e}") from None

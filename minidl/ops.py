@@ -446,6 +446,9 @@ def sigmoid(x):
 
 
 def relu(x):
+    if x.dtype == np.bool_ or x.dtype.kind == "c":
+        raise TypeError(f"relu: not defined for {x.dtype} tensors (shape {x.shape}); convert "
+                        f"with .float() first")
     return ReLUFunction.apply(x)
 
 
@@ -722,9 +725,8 @@ def _clean_index(index):
 
 
 def reshape(x, *shape):
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        shape = tuple(shape[0])
-    return Reshape.apply(x, shape=tuple(int(s) for s in shape))
+    from minidl.tensor import _check_shape_args
+    return Reshape.apply(x, shape=_check_shape_args(shape, "reshape"))
 
 
 def transpose(x, *axes):

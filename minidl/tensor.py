@@ -26,6 +26,7 @@ The engine knows no particular op; broadcasting is undone in exactly one place,
 """
 import contextlib
 import functools
+import operator
 import threading
 
 import numpy as np
@@ -1079,10 +1080,22 @@ def _run_hooks(node, gy):
     return gy
 
 
-def _check_shape_args(shape):
+def _check_shape_args(shape, name="shape"):
+    """Sizes as ints: ``(2, 3)``, ``2, 3`` or ``[2, 3]``; a float (2.5, even 2.0) is a TypeError
+    naming it, a negative size a ValueError (as PyTorch), never a silent truncation."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
-    return tuple(int(s) for s in shape)
+    out = []
+    for s in shape:
+        try:
+            v = operator.index(s)
+        except TypeError:
+            raise TypeError(f"{name} must be integers, got {s!r} ({type(s).__name__}) in "
+                            f"{tuple(shape)}") from None
+        if v < -1 or (v == -1 and name != "reshape"):
+            raise ValueError(f"{name}: sizes must be non-negative, got {tuple(shape)}")
+        out.append(v)
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ shared with the CUDA wrappers. Each Function's ``forward``/``backward`` is the N
 ``forward_cuda``/``backward_cuda`` (CuPy arrays) call the handwritten kernels in
 :mod:`minidl.cuda.kernels`.
 """
+import operator
+
 import numpy as np
 
 from minidl.backend import get_array_module
@@ -316,7 +318,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     ``padding``, ``dilation`` are ints or (h, w) pairs. See the module docstring for the GEMMs.
     """
     check_floating("conv2d", x, weight=weight, bias=bias)
-    groups = int(groups)
+    try:
+        groups = operator.index(groups)
+    except TypeError:
+        raise TypeError(f"conv2d: groups must be an int, got {groups!r}") from None
     if x.ndim != 4:
         raise ValueError(f"conv2d: expected a 4-d input (N, C, H, W), got shape {x.shape}")
     if weight.ndim != 4:

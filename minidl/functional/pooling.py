@@ -19,6 +19,8 @@ shared with the CUDA wrappers. NumPy path (``forward``/``backward``): strided vi
 KH*KW kernel offsets (a loop over the window, never over pixels). CuPy path
 (``forward_cuda``/``backward_cuda``): the CUDA kernels of :mod:`minidl.cuda.kernels`.
 """
+import operator
+
 import numpy as np
 
 from minidl import ops
@@ -216,10 +218,20 @@ def adaptive_bins(size, out):
 
 
 def _adaptive_size(output_size, shape):
-    oh, ow = (output_size, output_size) if isinstance(output_size, (int, np.integer)) \
-        else tuple(output_size)
-    oh = shape[2] if oh is None else int(oh)
-    ow = shape[3] if ow is None else int(ow)
+    if output_size is None or isinstance(output_size, (int, np.integer)):
+        oh = ow = output_size
+    else:
+        try:
+            oh, ow = output_size
+        except (TypeError, ValueError):
+            raise TypeError(f"adaptive pooling: output_size must be an int or a pair of ints "
+                            f"(None keeps that size), got {output_size!r}") from None
+    try:
+        oh = shape[2] if oh is None else operator.index(oh)
+        ow = shape[3] if ow is None else operator.index(ow)
+    except TypeError:
+        raise TypeError(f"adaptive pooling: output_size must be an int or a pair of ints "
+                        f"(None keeps that size), got {output_size!r}") from None
     if oh < 1 or ow < 1:
         raise ValueError(f"adaptive pooling: output_size must be positive, got {output_size}")
     return oh, ow

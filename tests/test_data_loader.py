@@ -602,6 +602,7 @@ def _our_segments():
     return [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}{os.getpid()}_")]
 
 
+@pytest.mark.slow  # waits for the killed worker to be noticed
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="needs SIGKILL")
 def test_a_worker_killed_mid_epoch_is_reported_and_nothing_is_left():
     import signal

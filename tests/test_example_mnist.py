@@ -31,6 +31,7 @@ def _module():
     return mod
 
 
+@pytest.mark.slow  # runs the example script in a subprocess
 def test_help_and_argument_validation(tmp_path):
     out = _run(["--help"], tmp_path).stdout
     assert "--data" in out and "PyTorch" in out
@@ -39,6 +40,7 @@ def test_help_and_argument_validation(tmp_path):
         assert p.returncode == 2 and bad[0] in p.stderr, (bad, p.stderr)
 
 
+@pytest.mark.slow  # runs the example script in a subprocess
 def test_dry_run_on_generated_shapes(tmp_path):
     p = _run(["--dry-run", "--epochs", "1", "--n-per-class", "5", "--test-batch-size", "20",
               "--save-model"], tmp_path)
@@ -91,6 +93,7 @@ def test_bad_mnist_files_are_named(tmp_path):
         mod.MNIST(str(tmp_path), train=True)
 
 
+@pytest.mark.slow  # runs the example script in a subprocess
 def test_trains_on_a_local_mnist_folder(tmp_path):
     rng = np.random.default_rng(1)
     raw = tmp_path / "raw"

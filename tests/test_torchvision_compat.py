@@ -178,9 +178,12 @@ def _x(shape, dtype, seed=0):
 
 @pytest.mark.parametrize("name, block, layers, stride_in_1x1", [
     ("resnet18", TBasic, (2, 2, 2, 2), True),
-    ("resnet34", TBasic, (3, 4, 6, 3), True),
-    ("resnet50", TBottleneck, (3, 4, 6, 3), False),     # torchvision v1.5
-    ("resnet50", TBottleneck, (3, 4, 6, 3), True),      # the paper / Caffe
+    # the deeper ones take seconds each (float64, both frameworks): slow
+    pytest.param("resnet34", TBasic, (3, 4, 6, 3), True, marks=pytest.mark.slow),
+    pytest.param("resnet50", TBottleneck, (3, 4, 6, 3), False,  # torchvision v1.5
+                 marks=pytest.mark.slow),
+    pytest.param("resnet50", TBottleneck, (3, 4, 6, 3), True,   # the paper / Caffe
+                 marks=pytest.mark.slow),
 ])
 def test_resnet_torchvision_weights_round_trip(tmp_path, name, block, layers, stride_in_1x1):
     torch.manual_seed(0)

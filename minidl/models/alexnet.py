@@ -48,6 +48,7 @@ LRN uses minidl's paper form ``k + alpha * sum`` (alpha not divided by n) with n
 alpha=1e-4, beta=0.75 (see ``nn.LocalResponseNorm``).
 """
 import minidl
+import minidl.functional as F
 from minidl import nn
 from minidl.models._weights import load_weights
 from minidl.nn import init as nninit
@@ -182,6 +183,31 @@ class AlexNet(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
+
+    def dense_forward(self, x):
+        """Fully-convolutional scores for dense testing: fc6 applied as a
+        ``feature_size``-square convolution over conv5's pooled map, fc7 and fc8 as 1x1
+        convolutions (dropout is the identity at test time). Returns ``(N, num_classes, h, w)``
+        with one score vector per ``input_size`` window (stride 32 px at 227); at
+        ``input_size`` it is ``forward(x)`` as a 1x1 map. Needs inputs of at least
+        ``input_size``."""
+        if min(x.shape[2:]) < self.input_size:
+            raise ValueError(f"alexnet.dense_forward: input {tuple(x.shape[2:])} is smaller "
+                             f"than the training size; use inputs of at least "
+                             f"{self.input_size} px")
+        f = self.features(x)
+        s = self.feature_size
+        if f.shape[2] < s or f.shape[3] < s:
+            raise ValueError(f"alexnet.dense_forward: input {tuple(x.shape[2:])} gives a "
+                             f"{tuple(f.shape[2:])} feature map, smaller than fc6's {s}x{s} "
+                             f"window; use inputs of at least {self.input_size} px")
+        fc6, fc7, fc8 = self.fcs()
+        y = F.relu(F.conv2d(f, fc6.weight.reshape(fc6.out_features, f.shape[1], s, s),
+                            fc6.bias))
+        y = F.relu(F.conv2d(y, fc7.weight.reshape(fc7.out_features, fc7.in_features, 1, 1),
+                            fc7.bias))
+        return F.conv2d(y, fc8.weight.reshape(fc8.out_features, fc8.in_features, 1, 1),
+                        fc8.bias)
 
     def extra_repr(self):
         return (f"towers={self.towers}, width={self.width}, input_size={self.input_size}, "

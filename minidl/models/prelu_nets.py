@@ -173,6 +173,13 @@ class PReLUNet(nn.Module):
     def forward(self, x):
         return self.layers(x)
 
+    def dense_forward(self, x):
+        """Scores for dense testing (SPP-net's full-image view): the conv layers run over the
+        whole image, SPP pools the whole last feature map to the fixed pyramid, the fc layers
+        follow. Returns ``(N, num_classes, 1, 1)``; equal to ``forward(x)``, for any input
+        size the convs accept."""
+        return self.layers(x).reshape(x.shape[0], -1, 1, 1)
+
     def extra_repr(self):
         return f"activation={self.activation!r}, init={self.init_mode!r}, width={self.width}"
 

@@ -215,6 +215,13 @@ class ResNet(nn.Module):
             x = stage(x)
         return self.fc(self.flatten(self.avgpool(x)))
 
+    def dense_forward(self, x):
+        """Fully-convolutional scores for dense testing: global average pooling already makes
+        the net fully convolutional (the fc on the pooled map is the average of the fc applied
+        at every position), so this is ``forward(x)`` as a ``(N, num_classes, 1, 1)`` map, for
+        any input size."""
+        return self.forward(x).reshape(x.shape[0], -1, 1, 1)
+
 
 def _imagenet(block, layers, num_classes, shortcut, weights, kwargs):
     return load_weights(ResNet(block, layers, num_classes, shortcut, **kwargs), weights)
@@ -296,6 +303,13 @@ class CifarResNet(nn.Module):
         for stage in self.stages():
             x = stage(x)
         return self.fc(self.flatten(self.avgpool(x)))
+
+    def dense_forward(self, x):
+        """Fully-convolutional scores for dense testing: global average pooling already makes
+        the net fully convolutional (the fc on the pooled map is the average of the fc applied
+        at every position), so this is ``forward(x)`` as a ``(N, num_classes, 1, 1)`` map, for
+        any input size."""
+        return self.forward(x).reshape(x.shape[0], -1, 1, 1)
 
     def extra_repr(self):
         return f"depth={self.depth}, plain={self.plain}, shortcut={self.shortcut_kind!r}"

@@ -10,9 +10,11 @@ from minidl.train.checkpoint import (CheckpointError, atomic_write, load_checkpo
                                      read_checkpoint, save_checkpoint)
 from minidl.train.progress import Progress
 from minidl.train.log import EpochLog, append_jsonl, new_figure, plot_curves, read_jsonl
+from minidl.train.views import dense_probabilities, multi_view_probabilities
 from minidl.train.loop import NonFiniteLossError, evaluate, model_device, train_one_epoch
 
 __all__ = ["AverageMeter", "target_rank", "topk_correct", "topk_error", "atomic_write",
            "CheckpointError", "load_checkpoint", "read_checkpoint", "save_checkpoint",
            "Progress", "EpochLog", "append_jsonl", "new_figure", "plot_curves", "read_jsonl",
-           "NonFiniteLossError", "evaluate", "model_device", "train_one_epoch"]
+           "NonFiniteLossError", "evaluate", "model_device", "train_one_epoch",
+           "dense_probabilities", "multi_view_probabilities"]

@@ -54,6 +54,7 @@ from minidl import distributed as _dist
 from minidl.tensor import Tensor, no_grad
 from minidl.train.metrics import AverageMeter, topk_correct
 from minidl.train.progress import Progress
+from minidl.train.views import dense_probabilities, multi_view_probabilities, softmax_positions
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -232,7 +233,8 @@ def _log_softmax(xp, z):
 
 
 def evaluate(model, loader, device=None, ten_crop=False, loss_fn=None, progress=False,
-             ks=(1, 5), distributed=None):
+             ks=(1, 5), distributed=None, dense_scales=None, flip=False,
+             ten_crop_scales=None, crop_size=None):
     """Loss and top-k errors of ``model`` (in eval mode, without gradients) over ``loader``.
 
     The loss is the mean cross-entropy of the softmax of the outputs (or ``loss_fn(output,
@@ -244,10 +246,40 @@ def evaluate(model, loader, device=None, ten_crop=False, loss_fn=None, progress=
     ``distributed``: sum the counts over the process group at the end (the default when one of
     more than one rank is initialized), for a loader that gives each rank a share of the set.
 
+    The papers' other test-time methods (see :mod:`minidl.train.views`; batches are whole
+    images ``(N, C, H, W)``, the loss is ``-log`` of the averaged probability of the target):
+
+    * ``dense_scales=(224, 256, 384, 480, 640)``: dense, fully-convolutional multi-scale
+      testing (PReLU paper Sec. 3, ResNet Sec. 3.4). At each scale (the images' shorter side)
+      the model's ``dense_forward`` applies its fully-connected layers as convolutions over the
+      last feature map (or after SPP / global pooling); the softmax is averaged over positions,
+      scales and, with ``flip=True``, the mirror images. At the training size it gives the
+      single-crop score.
+    * ``ten_crop_scales=(256, 384, 480), crop_size=224``: the 10 views (corners, centre and
+      their mirror images) at each scale, all softmaxes averaged (the PReLU paper's multi-view
+      test; one scale is AlexNet's 10-view test).
+    * ``flip=True`` alone: the softmaxes of each image and its mirror image averaged.
+
     Returns ``{"loss", "top1", "top5", "samples"}`` (errors in [0, 1]).
     """
     device = backend.normalize_device(device) if device is not None else model_device(model)
     reduce = _reduce_across_ranks(distributed)
+    chosen = [n for n, v in (("ten_crop", ten_crop), ("dense_scales", dense_scales),
+                             ("ten_crop_scales", ten_crop_scales)) if v]
+    if len(chosen) > 1:
+        raise ValueError(f"evaluate: choose one test-time method, got {' and '.join(chosen)}")
+    if ten_crop and flip:
+        raise ValueError("evaluate: ten_crop views include the mirror images already; "
+                         "drop flip=True")
+    if ten_crop_scales is not None:
+        if crop_size is None:
+            raise ValueError("evaluate: ten_crop_scales needs crop_size (the views' side)")
+        if flip:
+            raise ValueError("evaluate: ten_crop_scales views include the mirror images "
+                             "already; drop flip=True")
+    elif crop_size is not None:
+        raise ValueError("evaluate: crop_size is used only with ten_crop_scales")
+    views_mode = bool(dense_scales) or ten_crop_scales is not None or flip
     was_training = model.training
     model.eval()
     loss_sum, seen = 0.0, 0
@@ -260,7 +292,20 @@ def evaluate(model, loader, device=None, ten_crop=False, loss_fn=None, progress=
                 n = int(x.shape[0])
                 if n == 0:  # a rank's share of the last batch can be empty
                     continue
-                if ten_crop:
+                if views_mode:
+                    if dense_scales:
+                        scores = dense_probabilities(model, x.data, dense_scales, flip, device)
+                    elif ten_crop_scales is not None:
+                        scores = multi_view_probabilities(model, x.data, crop_size,
+                                                          ten_crop_scales, device)
+                    else:  # flip alone
+                        mirrored = Tensor(x.data[..., ::-1].copy(), device=device)
+                        scores = (softmax_positions(model(x).data)
+                                  + softmax_positions(model(mirrored).data)) / 2
+                    xp = backend.get_array_module(scores)
+                    tgt = y.data.astype(xp.int64)
+                    loss_sum += float(-xp.log(scores[xp.arange(n), tgt]).sum())
+                elif ten_crop:
                     if x.ndim != 5:
                         raise ValueError(f"evaluate(ten_crop=True) expects (N, V, C, H, W) "
                                          f"batches, got shape {x.shape}")

@@ -17,6 +17,7 @@ generated shapes (10 classes), a few epochs. ``--paper`` uses the full width and
 Writes results.json (val_top1_error / val_top5_error per activation, slopes per layer,
 Table 1's slopes), slopes.png (learned slope per layer, beside the paper's), curves.png.
 """
+import copy
 import os
 import time
 
@@ -57,10 +58,35 @@ def parse_args(argv=None):
     p.add_argument("--width", type=positive_float, default=None, help="channel multiplier [1/8]")
     p.add_argument("--input-size", type=positive_int, default=None, help="crop side [96]")
     p.add_argument("--n-per-class", type=positive_int, default=None)
-    return p.parse_args(argv)
+    g = p.add_argument_group("the paper's recipe (all on with --paper)")
+    g.add_argument("--scale-jitter", type=positive_int, nargs=2, metavar=("MIN", "MAX"), default=None,
+                   help="training images resized to a shorter side drawn from [MIN, MAX] "
+                        "before the random crop [paper: 256 512]")
+    g.add_argument("--colour-aug", action="store_true",
+                   help="random colour altering (fancy PCA of the RGB values)")
+    g.add_argument("--pixel-mean", action="store_true",
+                   help="subtract the per-pixel mean image (else per-channel standardization)")
+    g.add_argument("--plateau", action="store_true",
+                   help="lr /10 when the validation error plateaus, down to lr/100 "
+                        "(1e-2 -> 1e-3 -> 1e-4)")
+    g.add_argument("--test-scales", type=positive_int, nargs="+", default=None,
+                   help="also evaluate with 10 views at each of these scales and densely "
+                        "(fully convolutional, + flips) [paper: 256 384 480]")
+    args = p.parse_args(argv)
+    if args.paper:
+        args.scale_jitter = args.scale_jitter or [256, 512]
+        args.colour_aug = args.pixel_mean = args.plateau = True
+        args.test_scales = args.test_scales or [256, 384, 480]
+    if args.scale_jitter and not 0 < args.scale_jitter[0] <= args.scale_jitter[1]:
+        p.error(f"--scale-jitter needs 0 < MIN <= MAX, got {args.scale_jitter}")
+    return args
 
 
 def make_data(args, size, image):
+    """(train, val, description). Training: [scale jitter] -> random crop -> mirror ->
+    [colour altering] -> per-pixel mean or per-channel standardization. Validation: shorter
+    side ``image``, centre ``image`` square (the whole image the test-time methods resize),
+    then the centre ``size`` crop for the per-epoch check."""
     if args.data:
         tr = data.ImageFolder(os.path.join(args.data, "train"))
         va = data.ImageFolder(os.path.join(args.data, "val"))
@@ -74,10 +100,37 @@ def make_data(args, size, image):
         desc = f"GeneratedShapes {image} px, {len(tr)} train / {len(va)} val"
     base = [T.Resize(image), T.CenterCrop(image), T.ToArray()]
     mean, cov = T.rgb_covariance(tr, transform=T.Compose(base), n=500)
-    norm = T.Normalize(mean, np.sqrt(np.diag(cov)))
-    tr.transform = T.Compose(base + [norm, T.RandomCrop(size), T.RandomHorizontalFlip()])
-    va.transform = T.Compose(base + [norm, T.CenterCrop(size)])
-    return tr, va, desc
+    if args.pixel_mean:   # the per-pixel mean of the training crops (size x size)
+        norm = T.SubtractMean(T.compute_mean_image(
+            tr, transform=T.Compose(base + [T.CenterCrop(size)]), n=2000))
+    else:
+        norm = T.Normalize(mean, np.sqrt(np.diag(cov)))
+    if args.scale_jitter:
+        lo, hi = args.scale_jitter
+        if lo < size:
+            raise SystemExit(f"error: --scale-jitter {lo} {hi}: the shorter side must be at "
+                             f"least the crop ({size})")
+        train_tf = [T.ScaleJitter(lo, hi), T.RandomCrop(size), T.ToArray()]
+    else:
+        train_tf = base + [T.RandomCrop(size)]
+    train_tf.append(T.RandomHorizontalFlip())
+    if args.colour_aug:
+        eigvals, eigvecs = np.linalg.eigh(cov)
+        train_tf.append(T.FancyPCA(np.clip(eigvals[::-1], 0, None), eigvecs[:, ::-1]))
+    tr.transform = T.Compose(train_tf + [norm])
+    va.transform = T.Compose(base + [T.CenterCrop(size), norm])
+    whole = None
+    if args.test_scales:   # the same validation images, whole, for the test-time methods
+        whole = copy.copy(va)
+        whole.transform = T.Compose(base + [norm])   # the mean image resized to the image
+    return tr, va, whole, desc
+
+
+def recipe_of(args):
+    """The parts of the paper's recipe this run uses (printed and in results.json)."""
+    return {"scale_jitter": args.scale_jitter, "colour_aug": bool(args.colour_aug),
+            "pixel_mean": bool(args.pixel_mean), "plateau_lr": bool(args.plateau),
+            "test_scales": args.test_scales}
 
 
 def slopes_of(model):
@@ -100,11 +153,12 @@ def main(argv=None):
     image = 256 if args.paper else size + size // 8
     epochs = args.epochs or (1 if args.smoke else (80 if args.paper else 6))
     bs = args.batch_size or (128 if args.paper else (8 if args.smoke else 32))
-    tr, va, desc = make_data(args, size, image)
+    tr, va, whole, desc = make_data(args, size, image)
     num_classes = len(tr.classes)
     announce("ReLU vs PReLU, 14-layer model (PReLU paper Tables 1-2)", {
         "data": desc, "width": width, "input": size, "epochs": epochs, "batch": bs,
-        "lr": args.lr, "dropout": dropout, "device": device},
+        "lr": args.lr, "dropout": dropout, "device": device,
+        "recipe": recipe_of(args)},
         None if args.paper else f"channel widths x{width:g}, {size}x{size} inputs, {epochs} "
                                 f"epochs on the generated set, dropout {dropout:g} (paper 0.5)")
     loader = data.DataLoader(tr, batch_size=bs, shuffle=True, drop_last=True, seed=args.seed,
@@ -118,6 +172,9 @@ def main(argv=None):
         # weight decay on the weights, none on the PReLU slopes (the paper's rule)
         opt = optim.SGD(optim.decay_groups(model, 5e-4, no_decay=("prelu",)), lr=args.lr,
                         momentum=0.9)
+        # the paper: 1e-2 -> 1e-3 -> 1e-4 when the error plateaus
+        plateau = optim.lr_scheduler.ReduceLROnPlateau(
+            opt, factor=0.1, patience=2, min_lr=args.lr / 100) if args.plateau else None
         loader.set_epoch(0)
         hist, t0, step = [], time.perf_counter(), 0
         for epoch in range(epochs):
@@ -125,14 +182,28 @@ def main(argv=None):
                                 start_step=step, progress=False)
             step = r["step"]
             v = evaluate(model, val_loader, device)
+            if plateau is not None:
+                plateau.step(v["top1"])
             hist.append({"epoch": epoch + 1, "train_top1": r["top1"], "val_top1": v["top1"],
-                         "val_top5": v["top5"], "train_loss": r["loss"]})
+                         "val_top5": v["top5"], "train_loss": r["loss"], "lr": r["lr"]})
             print(f"{act:13s} epoch {epoch + 1}/{epochs}: train err {r['top1']:.3f}, val err "
                   f"{v['top1']:.3f} / {v['top5']:.3f} ({time.perf_counter() - t0:.0f} s)")
         runs[act] = {"history": hist, "val_top1_error": hist[-1]["val_top1"],
                      "val_top5_error": hist[-1]["val_top5"],
                      "parameters": model.num_parameters(), "slopes": slopes_of(model),
                      "seconds": time.perf_counter() - t0}
+        if whole is not None:   # the paper's test: 10 views at several scales; dense + flips
+            wl = data.DataLoader(whole, batch_size=bs, device=device)
+            scales = tuple(args.test_scales)
+            mv = evaluate(model, wl, device, ten_crop_scales=scales, crop_size=size)
+            de = evaluate(model, wl, device, dense_scales=scales, flip=True)
+            runs[act]["test_time"] = {
+                "scales": list(scales), "ten_view_top1_error": mv["top1"],
+                "ten_view_top5_error": mv["top5"], "dense_top1_error": de["top1"],
+                "dense_top5_error": de["top5"]}
+            print(f"{act:13s} 10 views at scales {list(scales)}: top-1/top-5 error "
+                  f"{mv['top1']:.3f} / {mv['top5']:.3f}; dense + flips: {de['top1']:.3f} / "
+                  f"{de['top5']:.3f}")
     layers = list(TABLE1)
     plot_lines(os.path.join(args.out, "curves.png"),
                {f"{a} val": ([h["epoch"] for h in runs[a]["history"]],
@@ -149,6 +220,7 @@ def main(argv=None):
               "PReLU slopes per layer (init 0.25)")
     results = {"experiment": "prelu_study", "paper_claim": PAPER_CLAIM, "data": desc,
                "width": width, "input_size": size, "epochs": epochs, "dropout": dropout,
+               "recipe": recipe_of(args),
                "val_top1_error": {a: runs[a]["val_top1_error"] for a in ACTS},
                "val_top5_error": {a: runs[a]["val_top5_error"] for a in ACTS},
                "runs": runs}

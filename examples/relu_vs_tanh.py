@@ -32,7 +32,7 @@ import minidl
 import minidl.functional as F
 from minidl import data, nn, optim
 from minidl.data import transforms as T
-from minidl.train import evaluate
+from minidl.train import NonFiniteLossError, evaluate, train_one_epoch
 
 PAPER_CLAIM = {"source": "Krizhevsky et al. 2012, Figure 1 (CIFAR-10, 4-layer CNN)",
                "target_train_error": 0.25, "tanh_over_relu_iterations": 6.0}
@@ -111,23 +111,21 @@ def train(activation, lr, args, tr, va, device, iters):
                              drop_last=True, seed=args.seed, device=device)
     errs, losses = [], []
     t0 = time.perf_counter()
-    model.train()
+
+    def on_step(info):  # Figure 1's per-iteration curve; stop at the budget
+        errs.append(info["top1"])
+        losses.append(info["loss"])
+        return len(errs) >= iters
+
     while len(errs) < iters:
-        for x, y in loader:
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            pred = out.numpy().argmax(1)
-            errs.append(float((pred != y.numpy()).mean()))
-            losses.append(float(loss.item()))
-            if not np.isfinite(losses[-1]) or len(errs) >= iters:
-                break
-        if not np.isfinite(losses[-1]):
+        try:
+            train_one_epoch(model, loader, opt, F.cross_entropy, device, progress=False,
+                            on_step=on_step, start_step=len(errs))
+        except NonFiniteLossError as e:  # this learning rate diverged: no further progress
+            losses.append(float(e.value))
             break
     seconds = time.perf_counter() - t0
-    val = evaluate(model, data.DataLoader(va, batch_size=256), device)
+    val = evaluate(model, data.DataLoader(va, batch_size=256, device=device), device)
     return {"errors": errs, "losses": losses, "seconds": seconds, "val_top1": val["top1"],
             "val_top5": val["top5"], "lr": lr}
 

@@ -37,7 +37,7 @@ import minidl
 import minidl.functional as F
 from minidl import data, models, optim
 from minidl.data import transforms as T
-from minidl.train import evaluate
+from minidl.train import NonFiniteLossError, evaluate, train_one_epoch
 
 PAPER_CLAIM = {"source": "He et al. 2015 (Deep Residual Learning), Table 6 and Figures 6-7",
                "test_error": {"resnet20": 0.0875, "resnet32": 0.0751, "resnet44": 0.0717,
@@ -60,7 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--data", type=existing_dir, default=None, help="CIFAR-10 folder (cifar-10-batches-py)")
     p.add_argument("--data-root", default=None, help="cache folder of the generated set")
     p.add_argument("--depths", type=resnet_depth, nargs="+", default=None,
-                   help="depths 6n+2 to train [20 32; paper: 20 32 44 56 110]")
+                   help="depths 6n+2 to train [20 32; paper: 20 32 44 56 110; Table 6 also "
+                        "has 1202 (19.4M parameters): --paper --depths 1202]")
     p.add_argument("--iters", type=positive_int, default=None, help="iterations per net [300]")
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--lr", type=positive_float, default=0.1)
@@ -72,14 +73,26 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _has_test_batch(root):
+    return any(os.path.isfile(os.path.join(d, "test_batch"))
+               for d in (root, os.path.join(root, "cifar-10-batches-py")))
+
+
 def make_data(args):
+    """(train, val, test or None, description): CIFAR-10 (45k/5k split; the 10k test set when
+    ``--data`` holds ``test_batch``) or the generated shapes (no test set)."""
+    test = None
     if args.data:
         full = data.CIFAR10(args.data, train=True)
         order = np.random.default_rng(args.seed).permutation(len(full))
-        tr, va = data.Subset(full, order[:45000]), data.Subset(full, order[45000:])
+        n_val = len(full) // 10               # the paper's 45k/5k split of the 50k
+        tr, va = data.Subset(full, order[:-n_val]), data.Subset(full, order[-n_val:])
         tr_base, va_base = full, full
-        desc = f"CIFAR-10 from {args.data}, 45k train / 5k val split"
-        stats_src = tr
+        desc = f"CIFAR-10 from {args.data}, {len(tr)} train / {len(va)} val split"
+        stats_src = _Split(tr, T.ToArray())   # arrays of the training split only
+        if _has_test_batch(args.data):
+            test = data.CIFAR10(args.data, train=False)
+            desc += f", {len(test)} test images"
     else:
         n = args.n_per_class or (4 if args.smoke else 500)
         tr = data.GeneratedShapes(args.data_root, "train", n_per_class=n, image_size=32,
@@ -96,9 +109,11 @@ def make_data(args):
     val_tf = T.Compose([T.ToArray(), sub])
     if args.data:  # one underlying dataset: transform chosen per split through a wrapper
         tr, va = _Split(tr, train_tf), _Split(va, val_tf)
+        if test is not None:
+            test.transform = val_tf           # the training set's mean image, no augmentation
     else:
         tr_base.transform, va_base.transform = train_tf, val_tf
-    return tr, va, desc
+    return tr, va, test, desc
 
 
 class _Split(data.Dataset):
@@ -133,7 +148,10 @@ def response_stds(model, x):
     return stds
 
 
-def train_net(depth, plain, args, tr, va, device, iters, bs):
+def train_net(depth, plain, args, tr, va, device, iters, bs, test=None):
+    """Train one net for ``iters`` iterations with :func:`minidl.train.train_one_epoch` (the
+    multi-step schedule, and the warm-up for deep nets, stepped per iteration); evaluate it on
+    the validation split (and on ``test``, CIFAR-10's test set, when given)."""
     minidl.manual_seed(args.seed)
     model = models.cifar_resnet(depth, plain=plain).to(device)
     opt = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
@@ -147,45 +165,52 @@ def train_net(depth, plain, args, tr, va, device, iters, bs):
     loader = data.DataLoader(tr, batch_size=bs, shuffle=True, drop_last=True, seed=args.seed,
                              device=device)
     errs, lrs, t0 = [], [], time.perf_counter()
-    model.train()
+
+    def on_step(info):  # the per-iteration curve of Figure 6; stop at the budget
+        errs.append(info["top1"])
+        lrs.append(info["lr"])
+        return len(errs) >= iters
+
     while len(errs) < iters:
-        for x, y in loader:
-            lrs.append(opt.param_groups[0]["lr"])
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-            if not np.isfinite(loss.item()):
-                raise FloatingPointError(f"depth {depth} plain={plain}: loss {loss.item()} at "
-                                         f"iteration {len(errs) + 1}")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            err = float((out.numpy().argmax(1) != y.numpy()).mean())
-            errs.append(err)
-            sched.step(err) if getattr(sched, "wants_metric", False) else sched.step()
-            if len(errs) >= iters:
-                break
+        try:
+            train_one_epoch(model, loader, opt, F.cross_entropy, device, scheduler=sched,
+                            scheduler_per="iter", progress=False, on_step=on_step,
+                            start_step=len(errs))
+        except NonFiniteLossError as e:
+            raise SystemExit(f"error: depth {depth} plain={plain}: {e}") from None
     secs = time.perf_counter() - t0
-    val_loader = data.DataLoader(va, batch_size=256)
-    v = evaluate(model, val_loader, device)
+    v = evaluate(model, data.DataLoader(va, batch_size=256, device=device), device)
     xv, _ = next(iter(data.DataLoader(va, batch_size=min(128, len(va)), device=device)))
     stds = response_stds(model, xv)
     warm = getattr(sched, "finished_at", None) if warmup else None
-    return {"train_errors": errs, "lrs": lrs, "seconds": secs, "val_top1_error": v["top1"],
-            "val_top5_error": v["top5"], "response_std": stds, "warmup_finished_at": warm,
-            "parameters": model.num_parameters()}
+    r = {"train_errors": errs, "lrs": lrs, "seconds": secs, "val_top1_error": v["top1"],
+         "val_top5_error": v["top5"], "response_std": stds, "warmup_finished_at": warm,
+         "parameters": model.num_parameters()}
+    if test is not None:  # Table 6's number: the single original 32x32 test image
+        t = evaluate(model, data.DataLoader(test, batch_size=256, device=device), device)
+        r.update(test_top1_error=t["top1"], test_top5_error=t["top5"], test_samples=t["samples"])
+    return r
+
+
+def choose_depths(args):
+    """The depths to train: ``--depths`` (any 6n+2, Table 6's 1202 included), else the
+    paper's 20-110 with ``--paper``, else the CPU default."""
+    depths = args.depths or ([20, 32, 44, 56, 110] if args.paper else ([8, 14] if args.smoke
+                                                                         else [20, 32]))
+    for d in depths:
+        if d < 8 or (d - 2) % 6:
+            raise SystemExit(f"error: depth {d} is not 6n+2 with n >= 1 (20, 32, 44, 56, 110, "
+                             f"1202, ...)")
+    return list(depths)
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = setup(args)
-    depths = args.depths or ([20, 32, 44, 56, 110] if args.paper else ([8, 14] if args.smoke
-                                                                         else [20, 32]))
-    for d in depths:
-        if (d - 2) % 6:
-            raise SystemExit(f"error: depth {d} is not 6n+2")
+    depths = choose_depths(args)
     iters = args.iters or (64000 if args.paper else (3 if args.smoke else 300))
     bs = args.batch_size or (128 if args.paper else (8 if args.smoke else 64))
-    tr, va, desc = make_data(args)
+    tr, va, test, desc = make_data(args)
     announce("Plain vs residual CIFAR nets (ResNet paper, section 4.2)", {
         "data": desc, "depths": depths, "iterations per net": iters, "batch": bs,
         "lr": f"{args.lr} (/10 at 50% and 75% of the iterations)", "device": device},
@@ -195,7 +220,7 @@ def main(argv=None):
     for d in depths:
         for plain in ((False,) if args.no_plain else (True, False)):
             name = f"{'plain' if plain else 'resnet'}-{d}"
-            r = train_net(d, plain, args, tr, va, device, iters, bs)
+            r = train_net(d, plain, args, tr, va, device, iters, bs, test)
             runs[name] = r
             w = max(1, min(50, iters // 4))
             r["final_train_error"] = float(np.mean(r["train_errors"][-w:]))
@@ -204,6 +229,8 @@ def main(argv=None):
                   f"{np.mean(r['response_std']):.3f}"
                   + (f", warm-up ended at iteration {r['warmup_finished_at']}"
                      if r["warmup_finished_at"] is not None else "")
+                  + (f", test error {r['test_top1_error']:.4f} on {r['test_samples']} images"
+                     if "test_top1_error" in r else "")
                   + f" ({r['seconds']:.0f} s)")
     w = max(1, min(50, iters // 4))
     plot_lines(os.path.join(args.out, "train_error.png"),
@@ -223,6 +250,9 @@ def main(argv=None):
                "val_top1_error": {n: r["val_top1_error"] for n, r in runs.items()},
                "val_top5_error": {n: r["val_top5_error"] for n, r in runs.items()},
                "final_train_error": {n: r["final_train_error"] for n, r in runs.items()},
+               **({"test_top1_error": {n: r["test_top1_error"] for n, r in runs.items()},
+                   "test_top5_error": {n: r["test_top5_error"] for n, r in runs.items()}}
+                  if test is not None else {}),
                "mean_response_std": {n: float(np.mean(r["response_std"]))
                                      for n, r in runs.items()},
                "runs": runs}

@@ -204,6 +204,69 @@ def test_resnet_cifar_smoke_with_warmup(tmp_path, data_root):
     assert_pngs(out, ["train_error.png", "response_std.png"])
 
 
+def _write_fake_cifar(folder, n_train_batch=8, n_test=12, seed=0):
+    """A tiny CIFAR-10 in the official pickle layout: 5 training batches and test_batch."""
+    import pickle
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" else n_train_batch
+        d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+             b"labels": [int(v) for v in rng.integers(0, 10, n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(d, f)
+
+
+@pytest.mark.slow  # runs the script in a subprocess
+def test_resnet_cifar_reports_the_test_set(tmp_path, data_root):
+    d = tmp_path / "cifar-10-batches-py"
+    _write_fake_cifar(d)
+    out = str(tmp_path / "res_test")
+    text = run(os.path.join(EXAMPLES, "resnet_cifar.py"),
+               ["--smoke", "--out", out, "--data", str(d), "--depths", "8", "--no-plain"],
+               data_root)
+    r = results(out)
+    assert "36 train / 4 val split, 12 test images" in r["data"]   # 40 images: 10% held out
+    run_ = r["runs"]["resnet-8"]
+    assert run_["test_samples"] == 12
+    assert 0.0 <= run_["test_top1_error"] <= 1.0
+    assert r["test_top1_error"] == {"resnet-8": run_["test_top1_error"]}
+    assert "test error" in text
+
+
+def test_resnet_cifar_paper_depths_accept_1202():
+    sys.path.insert(0, EXAMPLES)
+    try:
+        import resnet_cifar as m
+    finally:
+        sys.path.remove(EXAMPLES)
+    args = m.parse_args(["--paper", "--depths", "110", "1202"])
+    assert m.choose_depths(args) == [110, 1202]
+    assert m.choose_depths(m.parse_args(["--paper"])) == [20, 32, 44, 56, 110]
+    with pytest.raises(SystemExit):
+        m.choose_depths(m.parse_args(["--depths", "21"]))
+
+
+@pytest.mark.slow  # runs the script in a subprocess
+def test_prelu_study_paper_recipe_smoke(tmp_path, data_root):
+    """The --paper pipeline's parts at smoke size: scale jitter, colour altering, per-pixel
+    mean, the plateau schedule, and the test-time methods (10 views at 2 scales; dense)."""
+    out = str(tmp_path / "prelu_recipe")
+    run(os.path.join(EXAMPLES, "prelu_study.py"),
+        ["--smoke", "--out", out, "--scale-jitter", "81", "96", "--colour-aug", "--pixel-mean",
+         "--plateau", "--test-scales", "72", "88"], data_root)
+    r = results(out)
+    assert r["recipe"] == {"scale_jitter": [81, 96], "colour_aug": True, "pixel_mean": True,
+                           "plateau_lr": True, "test_scales": [72, 88]}
+    for act in ("relu", "prelu_shared", "prelu"):
+        tt = r["runs"][act]["test_time"]
+        assert tt["scales"] == [72, 88]
+        for k in ("ten_view_top1_error", "dense_top1_error", "dense_top5_error"):
+            assert 0.0 <= tt[k] <= 1.0
+
+
 @pytest.mark.slow  # runs the script in a subprocess
 def test_benchmark_quick(tmp_path, data_root):
     out = str(tmp_path / "bench.json")

@@ -9,11 +9,13 @@ This script builds the 22-layer model B of Table 3 (``prelu_net_b``) and the 30-
 extension of the 14-layer model (``prelu_net30``) with ReLU, each with both initializations,
 and (1) measures at initialization, on one batch, the standard deviation of every layer's
 response and the gradient norm of every layer's weights (the diminishing-gradient diagnosis),
-(2) trains each for a few hundred iterations with the same SGD settings and records the
-training error (the figures' curves).
+(2) trains each for 1,200 iterations with the same SGD settings and records the training
+error (the figures' curves), (3) decides the claim by a rule (``verdict``): the 30-layer net
+trains with He's init and stalls with Xavier's; the 22-layer net trains with both, He first.
 
-Scaled down for a CPU (announced at the start): channel widths x1/16 (the depth — what the
-claim is about — is the paper's), 64x64 crops of 72x72 generated shapes, 10 classes.
+Scaled down for a CPU (announced at the start): channel widths x1/8 (32 channels in the last
+stage; the depth — what the claim is about — is the paper's), 64x64 crops of 72x72 generated
+shapes standardized per channel, 10 classes, SGD lr 0.003, momentum 0.9, batch 32.
 ``--paper`` uses the full widths and 224 crops (ImageNet-size compute).
 
 Writes results.json (final training error per net and init, gradient-norm ratio first/last
@@ -37,6 +39,42 @@ PAPER_CLAIM = {"source": "He et al. 2015 (Delving Deep into Rectifiers), Figures
                         "Xavier stalls completely"}
 
 NETS = {"22-layer (model B)": models.prelu_net_b, "30-layer": models.prelu_net30}
+CLAIM = ("30-layer ReLU net: He init trains (training error clearly below chance) while Xavier "
+         "stalls within the same iterations; 22-layer net: both train, He sooner")
+TRAINS_MARGIN = 0.15    # "trains": final running training error <= chance - 0.15
+STALLS_MARGIN = 0.05    # "stalls": final running training error >= chance - 0.05
+
+
+def first_below(errs, level, window):
+    """First iteration (1-based) whose running mean over ``window`` iterations is <= level."""
+    e = np.asarray(errs, float)
+    if len(e) < window:
+        return None
+    r = np.convolve(e, np.ones(window) / window, mode="valid")
+    hit = np.nonzero(r <= level)[0]
+    return int(hit[0] + window) if len(hit) else None
+
+
+def verdict(runs, chance, window):
+    """The rule, from each run's final running training error and its first iteration below
+    ``chance - TRAINS_MARGIN``: 30-layer He trains and Xavier stalls; 22-layer both train and
+    He gets there first."""
+    trains_at = chance - TRAINS_MARGIN
+    out = {"trains_below": trains_at, "stalls_above": chance - STALLS_MARGIN}
+    for label, r in runs.items():
+        out[label] = {"final_train_error": r["final_train_error"],
+                      "iterations_to_trains_level": first_below(r["train_errors"], trains_at,
+                                                                window)}
+    he30, xa30 = runs["30-layer, he"], runs["30-layer, xavier"]
+    he22, xa22 = out["22-layer (model B), he"], out["22-layer (model B), xavier"]
+    out["30_layer"] = bool(he30["final_train_error"] <= trains_at
+                           and xa30["final_train_error"] >= chance - STALLS_MARGIN)
+    n_he, n_xa = he22["iterations_to_trains_level"], xa22["iterations_to_trains_level"]
+    both = (runs["22-layer (model B), he"]["final_train_error"] <= trains_at
+            and runs["22-layer (model B), xavier"]["final_train_error"] <= trains_at)
+    out["22_layer"] = bool(both and n_he is not None and n_xa is not None and n_he < n_xa)
+    out["reproduced"] = out["30_layer"] and out["22_layer"]
+    return out
 
 
 def parse_args(argv=None):
@@ -44,12 +82,13 @@ def parse_args(argv=None):
     p.add_argument("--data", type=existing_dir, default=None,
                    help="ImageNet-style folder with train/ (default: generated shapes)")
     p.add_argument("--data-root", default=None, help="cache folder of the generated set")
-    p.add_argument("--iters", type=positive_int, default=None, help="training iterations per run [300]")
+    p.add_argument("--iters", type=positive_int, default=None, help="training iterations per run [1200]")
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--lr", type=positive_float, default=0.01)
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="SGD learning rate (momentum 0.9) [0.003; paper 0.01]")
     p.add_argument("--dropout", type=probability, default=None,
                    help="drop probability in fc1/fc2 [0.5 with --paper, 0 on the CPU budget]")
-    p.add_argument("--width", type=positive_float, default=None, help="channel multiplier [1/16]")
+    p.add_argument("--width", type=positive_float, default=None, help="channel multiplier [1/8: 32 channels in the last stage]")
     p.add_argument("--input-size", type=positive_int, default=None, help="crop side [64]")
     return p.parse_args(argv)
 
@@ -77,9 +116,10 @@ def main(argv=None):
     args = parse_args(argv)
     device = setup(args)
     dropout = args.dropout if args.dropout is not None else (0.5 if args.paper else 0.0)
-    width = args.width or (1.0 if args.paper else (1 / 32 if args.smoke else 1 / 16))
+    width = args.width or (1.0 if args.paper else (1 / 32 if args.smoke else 1 / 8))
     size = args.input_size or (224 if args.paper else 64)
-    iters = args.iters or (3 if args.smoke else (20000 if args.paper else 300))
+    iters = args.iters or (3 if args.smoke else (20000 if args.paper else 1200))
+    lr = args.lr if args.lr is not None else (0.01 if args.paper else 0.003)
     image = 256 if args.paper else size + size // 8
     if args.data:
         tr = data.ImageFolder(os.path.join(args.data, "train"))
@@ -97,7 +137,7 @@ def main(argv=None):
     bs = min(args.batch_size, len(tr))
     announce("Xavier vs He init, deep plain ReLU nets (PReLU paper Figs. 2-3)", {
         "data": desc, "width": width, "input": size, "iterations": iters, "batch": bs,
-        "lr": args.lr, "dropout": dropout, "device": device},
+        "lr": lr, "dropout": dropout, "device": device},
         None if args.paper else f"channel widths x{width:g} (depths as in the paper), "
                                 f"{size}x{size} inputs, {iters} iterations per run, dropout "
                                 f"{dropout:g} (paper 0.5)")
@@ -107,7 +147,7 @@ def main(argv=None):
 
     results = {"experiment": "init_study", "paper_claim": PAPER_CLAIM, "data": desc,
                "width": width, "input_size": size, "iterations": iters, "dropout": dropout,
-               "lr": args.lr, "runs": {}}
+               "lr": lr, "runs": {}}
     grad_series, std_series, curve_series = {}, {}, {}
     rows = []
     for net_name, fn in NETS.items():
@@ -119,7 +159,7 @@ def main(argv=None):
             label = f"{net_name}, {init}"
             grad_series[label] = (range(1, len(grads) + 1), grads)
             std_series[label] = (range(1, len(stds) + 1), stds)
-            opt = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+            opt = optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
             loader = data.DataLoader(tr, batch_size=bs, shuffle=True, drop_last=True,
                                      seed=args.seed, device=device)
             errs, t0 = [], time.perf_counter()
@@ -158,9 +198,17 @@ def main(argv=None):
                "training error (running mean)", "Training error, He vs Xavier",
                hline=1 - 1 / num_classes)
     results["chance_error"] = 1 - 1 / num_classes
+    v = verdict(results["runs"], results["chance_error"], max(1, min(50, iters // 3)))
+    results.update(claim=CLAIM, reproduced=bool(v["reproduced"]), verdict=v,
+                   rule=f"30-layer: He's final running training error <= chance - "
+                        f"{TRAINS_MARGIN} and Xavier's >= chance - {STALLS_MARGIN}; 22-layer: "
+                        f"both <= chance - {TRAINS_MARGIN}, He's running error reaching that "
+                        f"level in fewer iterations")
     write_results(out, results)
     print_table(["net", "init", "response std conv1 -> out", "grad norm conv1 / fc2",
                  "final train err", "seconds"], rows, title="\nsummary")
+    print(f"claim: {CLAIM}\nreproduced: {v['reproduced']} (30-layer part {v['30_layer']}, "
+          f"22-layer part {v['22_layer']})")
     return results
 
 

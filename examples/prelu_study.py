@@ -44,6 +44,40 @@ PAPER_CLAIM = {"source": "He et al. 2015, Table 2 (14-layer model, ImageNet val,
                "top5_error": {"relu": 0.1334, "prelu_shared": 0.1287, "prelu": 0.1275},
                "table1_slopes_shared_channelwise": TABLE1}
 ACTS = ("relu", "prelu_shared", "prelu")
+CLAIM = ("channel-wise PReLU beats ReLU, channel-shared PReLU at least matches it, and the "
+         "learned slopes follow Table 1: conv1's well above its 0.25 start and falling with "
+         "depth")
+CONV1_MIN = 0.35        # "well above 0.25": conv1's slope (shared, and channel-wise mean)
+
+
+def _stage_mean(slopes, prefix):
+    v = [m for name, (m, _) in slopes.items() if name.startswith(prefix)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def verdict(runs):
+    """The rule: (1) channel-wise PReLU's final validation top-1 error < ReLU's; (2) shared
+    PReLU's <= ReLU's; (3) conv1's learned slope >= CONV1_MIN in both PReLU nets; (4) in both,
+    the slopes fall with depth: conv1 > mean of conv2_x > mean of conv3_x (Table 1's stage
+    means: shared 0.681 > 0.248 > 0.103, channel-wise 0.596 > 0.321 > 0.158)."""
+    e = {a: runs[a]["val_top1_error"] for a in ACTS}
+    out = {"channelwise_beats_relu": bool(e["prelu"] < e["relu"]),
+           "shared_at_least_relu": bool(e["prelu_shared"] <= e["relu"])}
+    c1, falls = {}, {}
+    for a in ("prelu_shared", "prelu"):
+        sl = runs[a]["slopes"]
+        conv1, s2, s3 = sl["conv1"][0], _stage_mean(sl, "conv2_"), _stage_mean(sl, "conv3_")
+        c1[a] = conv1
+        falls[a] = {"conv1": conv1, "conv2_mean": s2, "conv3_mean": s3,
+                    "fc_mean": _stage_mean(sl, "fc"), "falls": bool(conv1 > s2 > s3)}
+    out["conv1_slope"] = c1
+    out["conv1_well_above_start"] = bool(all(v >= CONV1_MIN for v in c1.values()))
+    out["stage_means"] = falls
+    out["slopes_fall_with_depth"] = bool(all(f["falls"] for f in falls.values()))
+    out["reproduced"] = bool(out["channelwise_beats_relu"] and out["shared_at_least_relu"]
+                             and out["conv1_well_above_start"]
+                             and out["slopes_fall_with_depth"])
+    return out
 
 
 def parse_args(argv=None):
@@ -224,6 +258,11 @@ def main(argv=None):
                "val_top1_error": {a: runs[a]["val_top1_error"] for a in ACTS},
                "val_top5_error": {a: runs[a]["val_top5_error"] for a in ACTS},
                "runs": runs}
+    v = verdict(runs)
+    results.update(claim=CLAIM, reproduced=v["reproduced"], verdict=v,
+                   rule="channel-wise val top-1 < ReLU's; shared <= ReLU's; conv1 slope >= "
+                        f"{CONV1_MIN} in both PReLU nets; conv1 > mean conv2_x > mean conv3_x "
+                        "slopes in both")
     write_results(args.out, results)
     print_table(["activation", "params", "val top-1 err", "val top-5 err", "paper top-1",
                  "seconds"],
@@ -235,6 +274,10 @@ def main(argv=None):
                 [[n, runs["prelu_shared"]["slopes"].get(n, (float("nan"),))[0], TABLE1[n][0],
                   runs["prelu"]["slopes"].get(n, (float("nan"),))[0], TABLE1[n][1]]
                  for n in layers], title="\nlearned slopes (Table 1)")
+    print(f"claim: {CLAIM}\nreproduced: {v['reproduced']} "
+          + ", ".join(f"{k} {v[k]}" for k in ("channelwise_beats_relu", "shared_at_least_relu",
+                                                "conv1_well_above_start",
+                                                "slopes_fall_with_depth")))
     return results
 
 

@@ -55,6 +55,34 @@ def resnet_depth(text):
     return d
 
 
+CLAIM = ("the deeper plain net trains worse than the shallower one AND the deeper ResNet trains "
+         "better than the shallower ResNet; layer responses have smaller std with shortcuts")
+
+
+def verdict(runs, depths):
+    """The rule, between the shallowest and the deepest depth run: (1) plain-deep's final
+    training error (running mean of the last iterations) > plain-shallow's; (2) ResNet-deep's
+    < ResNet-shallow's; (3) at every depth the ResNet's mean response std < the plain twin's.
+    Parts that lack their nets (``--no-plain``, one depth) are None and the claim is not
+    reproduced."""
+    lo, hi = min(depths), max(depths)
+    err = {n: r["final_train_error"] for n, r in runs.items()}
+    std = {n: float(np.mean(r["response_std"])) for n, r in runs.items()}
+
+    def cmp(a, b):
+        return bool(err[a] > err[b]) if a in err and b in err and lo != hi else None
+
+    out = {"shallow": lo, "deep": hi,
+           "plain_deeper_worse": cmp(f"plain-{hi}", f"plain-{lo}"),
+           "resnet_deeper_better": cmp(f"resnet-{lo}", f"resnet-{hi}")}
+    pairs = [d for d in depths if f"plain-{d}" in std and f"resnet-{d}" in std]
+    out["smaller_std_with_shortcuts"] = (
+        bool(all(std[f"resnet-{d}"] < std[f"plain-{d}"] for d in pairs)) if pairs else None)
+    out["reproduced"] = bool(out["plain_deeper_worse"] and out["resnet_deeper_better"]
+                             and out["smaller_std_with_shortcuts"])
+    return out
+
+
 def parse_args(argv=None):
     p = make_parser(__doc__, "runs/resnet_cifar")
     p.add_argument("--data", type=existing_dir, default=None, help="CIFAR-10 folder (cifar-10-batches-py)")
@@ -256,12 +284,20 @@ def main(argv=None):
                "mean_response_std": {n: float(np.mean(r["response_std"]))
                                      for n, r in runs.items()},
                "runs": runs}
+    v = verdict(runs, depths)
+    results.update(claim=CLAIM, reproduced=v["reproduced"], verdict=v,
+                   rule="shallowest vs deepest depth: plain-deep final training error > "
+                        "plain-shallow's, ResNet-deep's < ResNet-shallow's, and at every depth "
+                        "the ResNet's mean response std < the plain net's")
     write_results(args.out, results)
     print_table(["net", "params", "final train err", "val top-1 err", "mean response std",
                  "seconds"],
                 [[n, r["parameters"], r["final_train_error"], r["val_top1_error"],
                   float(np.mean(r["response_std"])), r["seconds"]] for n, r in runs.items()],
                 title="\nsummary")
+    print(f"claim: {CLAIM}\nreproduced: {v['reproduced']} (plain deeper worse "
+          f"{v['plain_deeper_worse']}, ResNet deeper better {v['resnet_deeper_better']}, "
+          f"smaller std with shortcuts {v['smaller_std_with_shortcuts']})")
     return results
 
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,11 +53,26 @@ def assert_pngs(out, names):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def assert_verdict(r):
+    """Every paper-claim example states its claim and a boolean verdict from its rule."""
+    assert isinstance(r["claim"], str) and len(r["claim"]) > 20
+    assert isinstance(r["reproduced"], bool)
+    assert isinstance(r["rule"], str) and r["rule"]
+
+
+def _import(name):
+    sys.path.insert(0, EXAMPLES)
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(EXAMPLES)
+
+
 @pytest.mark.slow  # runs the script in a subprocess
 @pytest.mark.parametrize("script, claim", [
     ("alexnet_imagenet.py", "40.7%"), ("relu_vs_tanh.py", "six times faster"),
     ("init_study.py", "30-layer"), ("prelu_study.py", "Table 1"),
-    ("resnet_cifar.py", "degradation")])
+    ("resnet_cifar.py", "degradation"), ("alexnet_ablations.py", "1.4%")])
 def test_help_names_the_paper_claim(script, claim, data_root):
     out = run(os.path.join(EXAMPLES, script), ["--help"], data_root)
     assert claim in out
@@ -125,6 +141,7 @@ def test_relu_vs_tanh_smoke(tmp_path, data_root):
     out = str(tmp_path / "rvt")
     run(os.path.join(EXAMPLES, "relu_vs_tanh.py"), ["--smoke", "--out", out], data_root)
     r = results(out)
+    assert_verdict(r)
     assert set(r["iters_to_target"]) == {"relu", "tanh"}
     assert set(r["val_top1_error"]) == {"relu", "tanh"}
     assert "tanh_over_relu_iterations" in r and r["paper_claim"]["tanh_over_relu_iterations"] == 6
@@ -164,6 +181,7 @@ def test_init_study_smoke(tmp_path, data_root):
     out = str(tmp_path / "init")
     run(os.path.join(EXAMPLES, "init_study.py"), ["--smoke", "--out", out], data_root)
     r = results(out)
+    assert_verdict(r)
     runs = r["runs"]
     assert len(runs) == 4
     for label, v in runs.items():
@@ -181,6 +199,7 @@ def test_prelu_study_smoke(tmp_path, data_root):
     out = str(tmp_path / "prelu")
     run(os.path.join(EXAMPLES, "prelu_study.py"), ["--smoke", "--out", out], data_root)
     r = results(out)
+    assert_verdict(r)
     assert set(r["val_top1_error"]) == {"relu", "prelu_shared", "prelu"}
     slopes = r["runs"]["prelu"]["slopes"]
     assert list(slopes) == ["conv1", "conv2_1", "conv2_2", "conv2_3", "conv2_4", "conv3_1",
@@ -196,6 +215,7 @@ def test_resnet_cifar_smoke_with_warmup(tmp_path, data_root):
     run(os.path.join(EXAMPLES, "resnet_cifar.py"),
         ["--smoke", "--out", out, "--warmup", "on"], data_root)
     r = results(out)
+    assert_verdict(r)
     assert set(r["val_top1_error"]) == {"plain-8", "resnet-8", "plain-14", "resnet-14"}
     run_ = r["runs"]["resnet-14"]
     assert len(run_["response_std"]) == 1 + 2 * 2 * 3   # stem BN + two per block, n = 2
@@ -279,3 +299,88 @@ def test_benchmark_quick(tmp_path, data_root):
     assert [(r["model"], r["batch"]) for r in b["results"]] == [("resnet20", 2), ("alexnet", 2)]
     for r in b["results"]:
         assert r["minidl_images_per_second"] > 0 and r["minidl_peak_bytes"] > 0
+
+
+@pytest.mark.slow  # runs the script in a subprocess
+def test_alexnet_ablations_smoke(tmp_path, data_root):
+    out = str(tmp_path / "abl_seeds")
+    text = run(os.path.join(EXAMPLES, "alexnet_ablations.py"),
+               ["--smoke", "--out", out, "--seeds", "2"], data_root)
+    assert "scaled-down configuration" in text
+    r = results(out)
+    assert_verdict(r)
+    assert r["seeds"] == [0, 1]
+    assert set(r["val_top1_error"]) == {"paper", "no_lrn", "no_overlap"}
+    assert all(len(v) == 2 for v in r["val_top1_error"].values())
+    assert r["verdict"]["no_lrn"]["delta_per_seed"] == pytest.approx(
+        [a - b for a, b in zip(r["val_top1_error"]["no_lrn"], r["val_top1_error"]["paper"])])
+    assert_pngs(out, ["ablations.png"])
+
+
+def test_alexnet_ablations_rule():
+    m = _import("alexnet_ablations")
+    v = m.verdict({"paper": [0.30, 0.40], "no_lrn": [0.33, 0.41], "no_overlap": [0.29, 0.40]})
+    assert v["no_lrn"]["mean_delta"] == pytest.approx(0.02)
+    assert v["no_lrn"]["sign_reproduced"] and not v["no_overlap"]["sign_reproduced"]
+    assert v["reproduced"] is False
+    v = m.verdict({"paper": [0.3], "no_lrn": [0.31], "no_overlap": [0.32]})
+    assert v["reproduced"] is True and v["no_lrn"]["sem_delta"] is None
+
+
+def test_prelu_study_rule():
+    m = _import("prelu_study")
+
+    def slopes(conv1, c2, c3):
+        d = {"conv1": (conv1, [conv1])}
+        d.update({f"conv2_{i}": (c2, [c2]) for i in range(1, 5)})
+        d.update({f"conv3_{i}": (c3, [c3]) for i in range(1, 7)})
+        d.update({"fc1": (0.05, [0.05]), "fc2": (0.05, [0.05])})
+        return d
+
+    runs = {"relu": {"val_top1_error": 0.40, "slopes": {}},
+            "prelu_shared": {"val_top1_error": 0.40, "slopes": slopes(0.68, 0.25, 0.10)},
+            "prelu": {"val_top1_error": 0.35, "slopes": slopes(0.60, 0.32, 0.16)}}
+    assert m.verdict(runs)["reproduced"] is True
+    runs["prelu"]["slopes"] = slopes(0.30, 0.32, 0.16)      # conv1 not well above 0.25
+    v = m.verdict(runs)
+    assert not v["conv1_well_above_start"] and not v["slopes_fall_with_depth"]
+    assert v["reproduced"] is False
+    runs["prelu"]["slopes"] = slopes(0.60, 0.32, 0.16)
+    runs["prelu_shared"]["val_top1_error"] = 0.41             # shared behind ReLU
+    assert m.verdict(runs)["reproduced"] is False
+
+
+def test_resnet_cifar_rule():
+    m = _import("resnet_cifar")
+
+    def run_(err, std):
+        return {"final_train_error": err, "response_std": [std, std]}
+
+    runs = {"plain-20": run_(0.10, 1.0), "resnet-20": run_(0.08, 0.9),
+            "plain-56": run_(0.30, 1.2), "resnet-56": run_(0.05, 0.8)}
+    v = m.verdict(runs, [20, 56])
+    assert v["plain_deeper_worse"] and v["resnet_deeper_better"]
+    assert v["smaller_std_with_shortcuts"] and v["reproduced"] is True
+    runs["resnet-56"] = run_(0.09, 0.8)                      # deeper ResNet not better yet
+    assert m.verdict(runs, [20, 56])["reproduced"] is False
+    only_res = {k: v for k, v in runs.items() if k.startswith("resnet")}
+    v = m.verdict(only_res, [20, 56])
+    assert v["plain_deeper_worse"] is None and v["reproduced"] is False
+
+
+def test_init_study_rule():
+    m = _import("init_study")
+    chance = 0.9
+
+    def run_(errs):
+        return {"train_errors": errs, "final_train_error": float(np.mean(errs[-4:]))}
+
+    fast, slow, stall = [0.9] * 4 + [0.2] * 16, [0.9] * 10 + [0.3] * 10, [0.9] * 20
+    runs = {"22-layer (model B), he": run_(fast), "22-layer (model B), xavier": run_(slow),
+            "30-layer, he": run_(fast), "30-layer, xavier": run_(stall)}
+    v = m.verdict(runs, chance, 4)
+    assert v["30_layer"] and v["22_layer"] and v["reproduced"] is True
+    # iteration 5: the window (0.9, 0.9, 0.9, 0.2) averages 0.725 <= 0.75
+    assert v["22-layer (model B), he"]["iterations_to_trains_level"] == 5
+    runs["30-layer, xavier"] = run_(slow)                     # Xavier trains too: no stall
+    assert m.verdict(runs, chance, 4)["reproduced"] is False

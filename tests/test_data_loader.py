@@ -716,6 +716,8 @@ def test_workers_exit_when_the_main_process_alone_is_killed(tmp_path):
             time.sleep(0.2)
         else:
             pytest.fail("DataLoader workers outlived their killed main process by 20 s")
+        from minidl.data.dataloader import SHM_PREFIX
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}{p.pid}_")]
     finally:
         try:
             os.killpg(p.pid, signal.SIGKILL)

@@ -34,8 +34,9 @@ batches are in flight ahead of the one being consumed, and results are reordered
 NumPy arrays only (no CUDA after fork); the main process makes the Tensors. Collated arrays come
 back through shared-memory slots (a memcpy instead of pickling megabytes through a pipe; batches
 that do not fit are pickled). A slot is named ``minidl_<pid>_...`` and unlinked from /dev/shm as
-soon as every worker has attached it, so not even SIGKILL of the whole process group leaves a
-segment behind. Workers are shut down when the epoch ends, when the loop is left early (``break``
+soon as it is made (on Linux workers open it through the main process's descriptor in /proc;
+elsewhere as soon as every worker has attached it), so not even SIGKILL of the whole process
+group leaves a segment behind. Workers are shut down when the epoch ends, when the loop is left early (``break``
 / garbage collection of the iterator) and when an exception propagates; a worker's exception is
 re-raised in the main process with a note naming the sample index, the dataset and the worker's
 traceback; a worker that dies is reported with its exit code; ``timeout`` bounds the wait for a
@@ -342,8 +343,12 @@ def _serve(dataset, collate_fn, seed, worker_id, index_queue, result_queue, pare
             ok = True
             try:
                 from multiprocessing import shared_memory
-                for name in task[1]:
-                    if name not in attached:
+                for name, fd, size in task[1]:
+                    if name in attached:
+                        continue
+                    if fd is not None:  # already unlinked: open it through the main's fd
+                        attached[name] = _FdMapping(task[2], fd, size)
+                    else:
                         attached[name] = shared_memory.SharedMemory(name=name)
             except Exception:
                 ok = False
@@ -382,6 +387,22 @@ def _serve(dataset, collate_fn, seed, worker_id, index_queue, result_queue, pare
                                    f"of epoch {epoch} (sample indices {list(map(int, indices))})"
                                    f":\n{tb}\n{notes}")
             result_queue.put(("batch", batch_no, None, err))
+
+
+class _FdMapping:
+    """A worker's mapping of a slot whose name is already gone from /dev/shm, opened through
+    the main process's file descriptor (``/proc/<pid>/fd/<fd>``, Linux)."""
+
+    def __init__(self, pid, fd, size):
+        import mmap
+        f = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDWR)
+        try:
+            self.buf = mmap.mmap(f, size)
+        finally:
+            os.close(f)
+
+    def close(self):
+        self.buf.close()
 
 
 def _fresh(error):
@@ -590,9 +611,15 @@ class _WorkerPool:
             self.slots.clear()
             self.use_shm = False
             return
-        names = [s.name for s in self.slots]
+        if os.path.isdir(f"/proc/{os.getpid()}/fd"):
+            # Linux: drop the names at once; workers open the slots through our descriptors,
+            # so no SIGKILL at any moment can leave a segment behind
+            _unlink(self.slots, self.unlinked)
+            entries = [(s.name, s._fd, s.size) for s in self.slots]
+        else:  # elsewhere by name, unlinked once every worker has attached
+            entries = [(s.name, None, s.size) for s in self.slots]
         for q in self.index_queues:
-            q.put(("attach", names))
+            q.put(("attach", entries, os.getpid()))
 
 
 # --------------------------------------------------------------------------------------------

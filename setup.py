@@ -41,6 +41,8 @@ setup(
             "tqdm>=4.60",
             "matplotlib>=3.5",
             "ruff>=0.4",
+            # minidl reads/writes .safetensors itself; the package checks it interoperates
+            "safetensors>=0.4",
         ],
         # minidl.distributed: `mpiexec -n 2 python script.py` (the mpich wheel brings mpiexec)
         "mpi": ["mpi4py>=3.1", "mpich"],

@@ -379,7 +379,7 @@ def test_torch_module_state_dict_loads_into_minidl(tmp_path):
 
 
 def test_safetensors_package_interoperates(tmp_path):
-    stn = pytest.importorskip("safetensors.numpy")
+    stn = require("safetensors.numpy", "interoperability check with the safetensors package")
     rng = np.random.default_rng(0)
     arrays = {d: _array(rng, (3, 2), d) for d in DTYPES}
     minidl.save(arrays, tmp_path / "m.safetensors")

@@ -3,7 +3,6 @@ gradients against torch (both inputs), float64 hypothesis gradchecks, argument e
 
 torch is required where CI is set; elsewhere its cross-checks skip without it."""
 import math
-import os
 
 import numpy as np
 import pytest
@@ -11,18 +10,14 @@ from hypothesis import given, strategies as st
 
 import minidl.functional as F
 from minidl import Tensor, gradcheck, nn
+from conftest import require
 
 LN2 = math.log(2.0)
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("torch is not installed (the cross-check is required when CI is set)")
-    return torch
+    """torch for the cross-checks: skips locally, fails in CI (conftest.require)."""
+    return require("torch")
 
 
 def _t(a, grad=False):

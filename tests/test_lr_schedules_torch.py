@@ -5,7 +5,6 @@ milestones that are not non-negative integers, ...), the error naming the argume
 torch is required where CI is set; elsewhere its cross-checks skip without it."""
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -15,16 +14,12 @@ from minidl.nn import Parameter
 from minidl.optim import SGD, Adam
 from minidl.optim.lr_scheduler import (CosineAnnealingLR, LambdaLR, MultiStepLR, OneCycleLR,
                                        ReduceLROnPlateau, StepLR, Warmup)
+from conftest import require
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("torch is not installed (the cross-check is required when CI is set)")
-    return torch
+    """torch for the cross-checks: skips locally, fails in CI (conftest.require)."""
+    return require("torch")
 
 
 def _opt(lr=1.0, groups=1, momentum=0.9, cls=SGD):

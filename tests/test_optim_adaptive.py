@@ -4,7 +4,6 @@ torch.optim (values and state_dict layout, both ways), argument validation, vers
 torch is required where the environment variable CI is set; elsewhere the torch cross-checks
 skip when it is not installed (the hand-computed tests always run)."""
 import math
-import os
 
 import numpy as np
 import pytest
@@ -14,18 +13,14 @@ from hypothesis import strategies as hst
 import minidl
 from minidl.nn import Parameter
 from minidl.optim import SGD, Adadelta, Adam, AdamW, RMSprop
+from conftest import require
 
 IMPL_SWITCHES = {"foreach", "capturable", "differentiable", "fused"}  # torch-only switches
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("torch is not installed (the cross-check is required when CI is set)")
-    return torch
+    """torch for the cross-checks: skips locally, fails in CI (conftest.require)."""
+    return require("torch")
 
 
 def _param(values, dtype=np.float64, device="cpu"):

@@ -12,11 +12,9 @@ With g the gradient and w the weight, one ``step()`` does, per parameter::
 
 State per parameter: ``step`` (0-d float32), ``square_avg``, ``acc_delta``, as torch keeps them.
 """
-import numpy as np
 
 from minidl import backend
 from minidl.optim.optimizer import Optimizer, apply_update, check_number
-from minidl.tensor import enable_grad
 
 
 class Adadelta(Optimizer):
@@ -35,25 +33,15 @@ class Adadelta(Optimizer):
 
     def step(self, closure=None):
         """One update of every parameter that has a gradient (``closure`` as in PyTorch)."""
-        loss = None
-        if closure is not None:
-            with enable_grad():
-                loss = closure()
+        loss = self._call_closure(closure)
         for g in self.param_groups:
             lr, rho, eps, wd = g["lr"], g["rho"], g["eps"], g["weight_decay"]
-            for p in g["params"]:
-                grad = self._grad(p)
-                if grad is None:
-                    continue
-                if g["maximize"]:
-                    grad = -grad
+            for p, grad in self._gradients(g):
+                st = self.state.setdefault(p, {})
                 w = p.data
                 xp = backend.get_array_module(w)
-                st = self.state.setdefault(p, {})
                 if "square_avg" not in st:
-                    st["step"] = np.array(0.0, dtype=np.float32)
-                    st["square_avg"] = xp.zeros_like(w)
-                    st["acc_delta"] = xp.zeros_like(w)
+                    self._init_state(st, w, "square_avg", "acc_delta")
                 self._count_step(st)
                 if wd != 0:
                     grad = grad + wd * w

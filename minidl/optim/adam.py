@@ -14,11 +14,9 @@ parameter::
 The per-parameter state is torch's: ``step`` (a 0-d float32 array on the CPU), ``exp_avg``,
 ``exp_avg_sq`` and, with amsgrad, ``max_exp_avg_sq`` (arrays on the parameter's device).
 """
-import numpy as np
 
 from minidl import backend
 from minidl.optim.optimizer import Optimizer, apply_update, check_number
-from minidl.tensor import enable_grad
 
 
 def check_betas(owner, betas):
@@ -55,25 +53,15 @@ class Adam(Optimizer):
     def step(self, closure=None):
         """One update of every parameter that has a gradient; ``closure`` (called with grad
         enabled first, its value returned) as in PyTorch."""
-        loss = None
-        if closure is not None:
-            with enable_grad():
-                loss = closure()
+        loss = self._call_closure(closure)
         for g in self.param_groups:
             lr, (beta1, beta2), eps, wd = g["lr"], g["betas"], g["eps"], g["weight_decay"]
-            for p in g["params"]:
-                grad = self._grad(p)
-                if grad is None:
-                    continue
-                if g["maximize"]:
-                    grad = -grad
+            for p, grad in self._gradients(g):
+                st = self.state.setdefault(p, {})
                 w = p.data
                 xp = backend.get_array_module(w)
-                st = self.state.setdefault(p, {})
                 if "exp_avg" not in st:
-                    st["step"] = np.array(0.0, dtype=np.float32)
-                    st["exp_avg"] = xp.zeros_like(w)
-                    st["exp_avg_sq"] = xp.zeros_like(w)
+                    self._init_state(st, w, "exp_avg", "exp_avg_sq")
                 if g["amsgrad"] and "max_exp_avg_sq" not in st:
                     st["max_exp_avg_sq"] = xp.zeros_like(w)
                 t = self._count_step(st)

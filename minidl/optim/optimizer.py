@@ -23,7 +23,7 @@ import operator
 import numpy as np
 
 from minidl import backend
-from minidl.tensor import Tensor
+from minidl.tensor import Tensor, enable_grad
 
 
 class _Required:
@@ -225,6 +225,33 @@ class Optimizer:
             g.update(ng)
 
     # -- helpers for subclasses ----------------------------------------------------------------
+    @staticmethod
+    def _call_closure(closure):
+        """``closure()`` with grad enabled, as PyTorch's ``step(closure)`` does; None without."""
+        if closure is None:
+            return None
+        with enable_grad():
+            return closure()
+
+    def _gradients(self, group):
+        """``(p, grad)`` for each parameter of ``group`` that has a gradient, the gradient's
+        sign flipped under ``maximize``: the first lines of every update rule."""
+        for p in group["params"]:
+            grad = self._grad(p)
+            if grad is None:
+                continue
+            if group.get("maximize", False):
+                grad = -grad
+            yield p, grad
+
+    @staticmethod
+    def _init_state(st, w, *buffers):
+        """A parameter's first step: torch's 0-d float32 ``step`` and zero ``buffers`` like w."""
+        xp = backend.get_array_module(w)
+        st["step"] = np.array(0.0, dtype=np.float32)
+        for name in buffers:
+            st[name] = xp.zeros_like(w)
+
     def _grad(self, p):
         """``p.grad`` as an array (None when there is none), checked against ``p``."""
         if p.grad is None:

@@ -13,11 +13,9 @@ With g the gradient and w the weight, one ``step()`` does, per parameter::
 State per parameter: ``step`` (0-d float32), ``square_avg``, ``momentum_buffer`` (momentum > 0),
 ``grad_avg`` (centered), as torch keeps them.
 """
-import numpy as np
 
 from minidl import backend
 from minidl.optim.optimizer import Optimizer, apply_update, check_number
-from minidl.tensor import enable_grad
 
 
 class RMSprop(Optimizer):
@@ -40,25 +38,16 @@ class RMSprop(Optimizer):
 
     def step(self, closure=None):
         """One update of every parameter that has a gradient (``closure`` as in PyTorch)."""
-        loss = None
-        if closure is not None:
-            with enable_grad():
-                loss = closure()
+        loss = self._call_closure(closure)
         for g in self.param_groups:
             lr, alpha, eps = g["lr"], g["alpha"], g["eps"]
             wd, mom = g["weight_decay"], g["momentum"]
-            for p in g["params"]:
-                grad = self._grad(p)
-                if grad is None:
-                    continue
-                if g["maximize"]:
-                    grad = -grad
+            for p, grad in self._gradients(g):
+                st = self.state.setdefault(p, {})
                 w = p.data
                 xp = backend.get_array_module(w)
-                st = self.state.setdefault(p, {})
                 if "square_avg" not in st:
-                    st["step"] = np.array(0.0, dtype=np.float32)
-                    st["square_avg"] = xp.zeros_like(w)
+                    self._init_state(st, w, "square_avg")
                 if mom > 0 and "momentum_buffer" not in st:
                     st["momentum_buffer"] = xp.zeros_like(w)
                 if g["centered"] and "grad_avg" not in st:

@@ -27,7 +27,6 @@ parameter's device (moved there if the model was moved after the optimizer was b
 """
 from minidl import backend
 from minidl.optim.optimizer import Optimizer, apply_update, check_number, required
-from minidl.tensor import enable_grad
 
 STYLES = ("torch", "paper")
 
@@ -68,18 +67,10 @@ class SGD(Optimizer):
         """One update of every parameter that has a gradient (parameters with ``.grad`` None
         are skipped). ``closure``, if given, is called (with grad enabled) first and its value
         returned, as in PyTorch."""
-        loss = None
-        if closure is not None:
-            with enable_grad():
-                loss = closure()
+        loss = self._call_closure(closure)
         for g in self.param_groups:
             lr, m, d, wd = g["lr"], g["momentum"], g["dampening"], g["weight_decay"]
-            for p in g["params"]:
-                grad = self._grad(p)
-                if grad is None:
-                    continue
-                if g.get("maximize", False):
-                    grad = -grad
+            for p, grad in self._gradients(g):
                 if g["style"] == "paper":
                     self._paper_update(p, grad, lr, m, wd)
                 else:

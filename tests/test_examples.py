@@ -219,8 +219,10 @@ def test_resnet_cifar_smoke_with_warmup(tmp_path, data_root):
     assert set(r["val_top1_error"]) == {"plain-8", "resnet-8", "plain-14", "resnet-14"}
     run_ = r["runs"]["resnet-14"]
     assert len(run_["response_std"]) == 1 + 2 * 2 * 3   # stem BN + two per block, n = 2
+    # the default lr is the paper's 0.1 at batch 128 scaled linearly to the smoke batch of 8;
     # the warm-up trains at lr/10 while the batch error is >= 0.8
-    assert run_["lrs"][0] == pytest.approx(0.01)
+    assert r["lr"] == pytest.approx(0.1 * 8 / 128)
+    assert run_["lrs"][0] == pytest.approx(0.1 * 8 / 128 / 10)
     assert_pngs(out, ["train_error.png", "response_std.png"])
 
 

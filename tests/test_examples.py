@@ -145,7 +145,37 @@ def test_relu_vs_tanh_smoke(tmp_path, data_root):
     assert set(r["iters_to_target"]) == {"relu", "tanh"}
     assert set(r["val_top1_error"]) == {"relu", "tanh"}
     assert "tanh_over_relu_iterations" in r and r["paper_claim"]["tanh_over_relu_iterations"] == 6
+    assert (r["input"], r["init"]) == ("raw", "gaussian")   # the AlexNet paper's, by default
     assert_pngs(out, ["curves.png"])
+
+
+@pytest.mark.slow  # runs the script in a subprocess
+def test_relu_vs_tanh_modern_setup_smoke(tmp_path, data_root):
+    out = str(tmp_path / "rvt")
+    run(os.path.join(EXAMPLES, "relu_vs_tanh.py"),
+        ["--smoke", "--out", out, "--input", "standardized", "--init", "he"], data_root)
+    r = results(out)
+    assert_verdict(r)
+    assert (r["input"], r["init"]) == ("standardized", "he")
+
+
+def test_relu_vs_tanh_init_is_the_papers_gaussian():
+    sys.path.insert(0, EXAMPLES)
+    try:
+        import relu_vs_tanh as m
+    finally:
+        sys.path.remove(EXAMPLES)
+    import minidl
+    minidl.manual_seed(0)
+    for act in ("relu", "tanh"):
+        net = m.FourLayerCNN(act)
+        ws = [p.numpy() for n, p in net.named_parameters() if n.endswith("weight")]
+        assert all(abs(w.std() - 0.01) < 0.001 for w in ws)
+    he = m.FourLayerCNN("relu", init="he")
+    w = he.features[0].weight.numpy()
+    assert abs(w.std() - np.sqrt(2 / 75)) < 0.02
+    with pytest.raises(ValueError, match="init"):
+        m.FourLayerCNN("relu", init="xavier")
 
 
 def test_relu_vs_tanh_iteration_counting():
@@ -192,6 +222,18 @@ def test_init_study_smoke(tmp_path, data_root):
     he, xa = runs["30-layer, he"], runs["30-layer, xavier"]
     assert xa["response_std"][-1] < 1e-2 * he["response_std"][-1]
     assert_pngs(out, ["grad_norms.png", "response_std.png", "curves.png"])
+
+
+@pytest.mark.slow  # runs the script in a subprocess
+def test_init_study_raw_input_smoke(tmp_path, data_root):
+    out = str(tmp_path / "init")
+    run(os.path.join(EXAMPLES, "init_study.py"), ["--smoke", "--out", out, "--input", "raw"],
+        data_root)
+    r = results(out)
+    assert_verdict(r)
+    assert r["input"] == "raw"
+    # inputs of the 0-255 range: the first response is far larger than with standardized input
+    assert r["runs"]["30-layer, he"]["response_std"][0] > 5
 
 
 @pytest.mark.slow  # runs the script in a subprocess

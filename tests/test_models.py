@@ -472,6 +472,25 @@ def test_prelu_init_std_he_vs_xavier():
         models.prelu_net14(activation="swish")
 
 
+def test_prelu_net_fc_std_overrides_the_fc_init_only():
+    # the paper's footnote for [-128, 128] inputs: fc1/fc2 at std 0.01, fc3 at 0.001
+    minidl.manual_seed(0)
+    m = models.prelu_net_b(init="he", width=0.25, fc_std=(0.01, 0.01, 0.001))
+    minidl.manual_seed(0)
+    plain = models.prelu_net_b(init="he", width=0.25)
+    for name, want in (("fc1", 0.01), ("fc2", 0.01), ("fc3", 0.001)):
+        got = getattr(m.layers, name).weight.numpy().std()
+        assert abs(got - want) / want < 0.05, (name, got)
+    # the conv layers still follow the init rule
+    n = 64 * 3 * 3   # fan_in of conv2_2 at width 0.25: 64 channels, 3x3
+    got = m.layers.conv2_2.weight.numpy().std()
+    assert abs(got - np.sqrt(2.0 / n)) / np.sqrt(2.0 / n) < 0.05
+    assert plain.layers.fc3.weight.numpy().std() > 0.01
+    for bad in ((0.01, 0.01), (0.01, 0.0, 0.001), (0.01, -1, 0.001)):
+        with pytest.raises(ValueError, match="fc_std"):
+            models.prelu_net_b(width=0.25, fc_std=bad)
+
+
 def test_prelu_slopes_start_at_a_quarter():
     m = models.prelu_net14(activation="prelu", width=0.125)
     acts = m.activations()

@@ -42,6 +42,10 @@ Choices the paper leaves open, documented here:
   comparison ``n Var[w] = 1`` (fan-in, gain 1) — what Xavier's derivation gives for a linear
   net; torch's ``xavier_normal_`` averages fan-in and fan-out instead, which differs only
   where the channel count changes. Biases are 0.
+* ``fc_std=(s1, s2, s3)``: fc1, fc2, fc3 drawn from N(0, s^2) instead, whatever ``init`` says:
+  the paper's practice for inputs in the [-128, 128] pixel range (section 2.2's footnote: std
+  0.01 for the first two fc layers and 0.001 for the last, smaller than the rule gives, so
+  the softmax does not overflow). None (default): every layer follows ``init``.
 * ``width`` scales every conv channel count and the fc widths (the scaled-down CPU examples);
   the SPP makes the fc1 input independent of the input size.
 """
@@ -105,7 +109,7 @@ class PReLUNet(nn.Module):
     """
 
     def __init__(self, stem, stages, spp_levels, num_classes=1000, activation="relu",
-                 init="he", width=1.0, fc_width=4096, dropout=0.5):
+                 init="he", width=1.0, fc_width=4096, dropout=0.5, fc_std=None):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
@@ -113,7 +117,13 @@ class PReLUNet(nn.Module):
             raise ValueError(f"init must be 'he' or 'xavier', got {init!r}")
         if width <= 0:
             raise ValueError(f"width must be positive, got {width!r}")
+        if fc_std is not None:
+            fc_std = tuple(float(v) for v in fc_std)
+            if len(fc_std) != 3 or not all(v > 0 for v in fc_std):
+                raise ValueError(f"fc_std must be three positive stds (fc1, fc2, fc3), got "
+                                 f"{fc_std!r}")
         self.activation, self.init_mode, self.width = activation, init, width
+        self.fc_std = fc_std
 
         def ch(n):
             return max(1, int(round(n * width)))
@@ -169,6 +179,9 @@ class PReLUNet(nn.Module):
             else:  # n * Var[w] = 1: the linear case, gain 1
                 nninit.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
             nninit.zeros_(m.bias)
+        if self.fc_std is not None:
+            for name, std in zip(("fc1", "fc2", "fc3"), self.fc_std):
+                nninit.normal_(getattr(self.layers, name).weight, 0.0, std)
 
     def forward(self, x):
         return self.layers(x)

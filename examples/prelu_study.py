@@ -194,7 +194,9 @@ def main(argv=None):
         "lr": args.lr, "dropout": dropout, "device": device,
         "recipe": recipe_of(args)},
         None if args.paper else f"channel widths x{width:g}, {size}x{size} inputs, {epochs} "
-                                f"epochs on the generated set, dropout {dropout:g} (paper 0.5)")
+                                f"epochs on the generated set, dropout {dropout:g} (paper 0.5); "
+                                f"the default buys the early part of training, where PReLU's "
+                                f"faster start shows, in about 2 min on 2 CPU cores")
     loader = data.DataLoader(tr, batch_size=bs, shuffle=True, drop_last=True, seed=args.seed,
                              device=device)
     val_loader = data.DataLoader(va, batch_size=2 * bs, device=device)

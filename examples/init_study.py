@@ -15,14 +15,15 @@ trains with He's init and stalls with Xavier's; the 22-layer net trains with bot
 
 Scaled down for a CPU (announced at the start): channel widths x1/8 (32 channels in the last
 stage; the depth — what the claim is about — is the paper's), 64x64 crops of 72x72 generated
-shapes standardized per channel, 10 classes, SGD lr 0.003, momentum 0.9, batch 32.
-``--paper`` uses the full widths and 224 crops (ImageNet-size compute).
+shapes, 10 classes, SGD lr 0.003, momentum 0.9, batch 32. ``--paper`` uses the full widths and
+224 crops (ImageNet-size compute).
 
-``--input raw`` feeds the paper's input range instead: 0-255 RGB values minus the mean image
+Input (``--input``): by default the paper's range, raw 0-255 RGB values minus the mean image
 (about [-128, 128]), with the He nets' fc layers drawn with the paper's footnote stds (0.01,
 0.01, 0.001; ``fc_std`` of the models) so the softmax does not overflow, and the Xavier nets
-Xavier everywhere. In that range the Xavier signal, 2^-11 of the input after 22 layers, is
-large enough to train; with standardized inputs (the default) it is not, within the budget.
+Xavier everywhere. ``--input standardized`` (per-channel zero mean, unit variance) is the
+modern alternative: there the 22-layer Xavier signal, 2^-11 of an input of std 1, is too weak
+to train within the budget, so the 22-layer half of the claim fails.
 
 Writes results.json (final training error per net and init, gradient-norm ratio first/last
 layer, per-layer statistics), grad_norms.png, response_std.png, curves.png.
@@ -96,10 +97,10 @@ def parse_args(argv=None):
                    help="drop probability in fc1/fc2 [0.5 with --paper, 0 on the CPU budget]")
     p.add_argument("--width", type=positive_float, default=None, help="channel multiplier [1/8: 32 channels in the last stage]")
     p.add_argument("--input-size", type=positive_int, default=None, help="crop side [64]")
-    p.add_argument("--input", choices=("standardized", "raw"), default="standardized",
-                   help="standardized: per-channel zero mean, unit variance (default); raw: "
-                        "0-255 values minus the mean image, the paper's range, with the He "
-                        "nets' fc layers at std 0.01, 0.01, 0.001 (the paper's footnote)")
+    p.add_argument("--input", choices=("raw", "standardized"), default="raw",
+                   help="raw: 0-255 values minus the mean image, the paper's range, with the "
+                        "He nets' fc layers at std 0.01, 0.01, 0.001 (the paper's footnote; "
+                        "default); standardized: per-channel zero mean, unit variance")
     return p.parse_args(argv)
 
 
@@ -154,9 +155,10 @@ def main(argv=None):
         "lr": lr, "dropout": dropout, "device": device},
         None if args.paper else f"channel widths x{width:g} (depths as in the paper), "
                                 f"{size}x{size} inputs, {iters} iterations per run, dropout "
-                                f"{dropout:g} (paper 0.5); the default buys the first "
-                                f"fraction of an epoch of Figures 2-3 in about 8 min on 2 CPU "
-                                f"cores: enough for He's nets to leave chance")
+                                f"{dropout:g} (paper 0.5); the default buys 4 x 1,200 "
+                                f"iterations (a small fraction of one ImageNet epoch of "
+                                f"Figures 2-3) in about 8 min on 2 CPU cores: enough for He's "
+                                f"nets to leave chance")
     probe_loader = data.DataLoader(tr, batch_size=bs, shuffle=True, seed=args.seed + 1,
                                    device=device)
     xp, yp = next(iter(probe_loader))

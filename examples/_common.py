@@ -102,6 +102,27 @@ def output_dir(text):
     return text
 
 
+def input_normalization(dataset, kind, prefix=(), n_mean=2000, n_cov=500):
+    """The array conversion and input normalization of an example, as ``(steps, norm)``:
+    ``steps`` is ``prefix`` (e.g. resize and crop) followed by ``ToArray``, ``norm`` the
+    transform to apply after it, both measured on ``dataset`` through ``steps``.
+
+    ``kind="raw"``: 0-255 values minus the mean image (``n_mean`` images), as the 2012-2015
+    papers fed their nets; ``"standardized"``: 0-1 values, per-channel zero mean and unit
+    variance (``n_cov`` images)."""
+    from minidl.data import transforms as T
+    import numpy as np
+    if kind == "raw":
+        steps = list(prefix) + [T.ToArray(255.0)]
+        return steps, T.SubtractMean(T.compute_mean_image(dataset, transform=T.Compose(steps),
+                                                          n=n_mean))
+    if kind == "standardized":
+        steps = list(prefix) + [T.ToArray()]
+        mean, cov = T.rgb_covariance(dataset, transform=T.Compose(steps), n=n_cov)
+        return steps, T.Normalize(mean, np.sqrt(np.diag(cov)))
+    raise ValueError(f"input normalization must be 'raw' or 'standardized', got {kind!r}")
+
+
 def make_parser(doc, default_out):
     """An ArgumentParser whose description is the script's docstring, with the common flags."""
     p = argparse.ArgumentParser(description=doc,

@@ -108,9 +108,9 @@ def train_variant(kw, seed, c, tr, va, device, num_classes):
     # the same linear warm-up over the first epoch for every variant: without LRN the
     # He-initialized net starts with ~3x larger logits and, at the full rate from step one,
     # its loss jumps to ~30 and every ReLU dies (it stayed at chance on every seed)
-    warm = max(1, len(loader)) if c["warmup"] else 0
-    sched = optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warm)) if warm \
-        else None
+    warm = max(1, len(loader))
+    sched = (optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warm))
+             if c["warmup"] else None)
     val_loader = data.DataLoader(va, batch_size=2 * c["batch"], device=device)
     t0, step, hist = time.perf_counter(), 0, []
     for epoch in range(c["epochs"]):

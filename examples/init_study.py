@@ -33,7 +33,8 @@ import time
 
 import numpy as np
 
-from _common import announce, make_parser, plot_lines, print_table, setup, write_results
+from _common import announce, input_normalization, make_parser, plot_lines, print_table, \
+    setup, write_results
 from _common import existing_dir, positive_float, positive_int, probability  # argparse types
 
 import minidl
@@ -48,6 +49,8 @@ PAPER_CLAIM = {"source": "He et al. 2015 (Delving Deep into Rectifiers), Figures
 NETS = {"22-layer (model B)": models.prelu_net_b, "30-layer": models.prelu_net30}
 CLAIM = ("30-layer ReLU net: He init trains (training error clearly below chance) while Xavier "
          "stalls within the same iterations; 22-layer net: both train, He sooner")
+# the paper's footnote: fc stds for He-initialized nets on [-128, 128] pixels
+PAPER_FC_STD = (0.01, 0.01, 0.001)
 TRAINS_MARGIN = 0.15    # "trains": final running training error <= chance - 0.15
 STALLS_MARGIN = 0.05    # "stalls": final running training error >= chance - 0.05
 
@@ -140,13 +143,9 @@ def main(argv=None):
                                   image_size=image, seed=args.seed)
         desc = f"GeneratedShapes {image} px, {len(tr)} images"
     num_classes = len(tr.classes)
-    if args.input == "raw":   # the paper's range: 0-255 minus the mean image
-        base = [T.Resize(image), T.CenterCrop(image), T.ToArray(255.0)]
-        norm = T.SubtractMean(T.compute_mean_image(tr, transform=T.Compose(base), n=300))
-    else:   # normalized input (the paper: unnormalized [-128, 128] inputs can overflow)
-        base = [T.Resize(image), T.CenterCrop(image), T.ToArray()]
-        mean, cov = T.rgb_covariance(tr, transform=T.Compose(base), n=300)
-        norm = T.Normalize(mean, np.sqrt(np.diag(cov)))
+    # the paper's range, 0-255 minus the mean image (default), or standardized input
+    base, norm = input_normalization(tr, args.input, [T.Resize(image), T.CenterCrop(image)],
+                                     n_mean=300, n_cov=300)
     tr.transform = T.Compose(base + [norm, T.RandomCrop(size), T.RandomHorizontalFlip()])
     bs = min(args.batch_size, len(tr))
     announce("Xavier vs He init, deep plain ReLU nets (PReLU paper Figs. 2-3)", {
@@ -172,7 +171,7 @@ def main(argv=None):
     for net_name, fn in NETS.items():
         for init in ("he", "xavier"):
             minidl.manual_seed(args.seed)
-            fc_std = (0.01, 0.01, 0.001) if args.input == "raw" and init == "he" else None
+            fc_std = PAPER_FC_STD if args.input == "raw" and init == "he" else None
             model = fn(activation="relu", init=init, num_classes=num_classes,
                        width=width, dropout=dropout, fc_std=fc_std).to(device)
             names, stds, grads = diagnose(model, xp, yp)

@@ -33,7 +33,8 @@ import time
 
 import numpy as np
 
-from _common import announce, make_parser, plot_lines, print_table, setup, write_results
+from _common import announce, input_normalization, make_parser, plot_lines, print_table, \
+    setup, write_results
 from _common import existing_dir, open_fraction, positive_float, positive_int  # argparse types
 
 import minidl
@@ -127,15 +128,10 @@ def make_data(args):
         va = data.GeneratedShapes(args.data_root, "val", n_per_class=2 if args.smoke else 50,
                                   image_size=32, seed=args.seed)
         desc = f"GeneratedShapes 32x32, {len(tr)} train / {len(va)} val images"
-    if args.input == "raw":   # the paper: raw RGB values minus the mean image
-        to_array = T.ToArray(255.0)
-        norm = T.SubtractMean(T.compute_mean_image(tr, transform=to_array, n=2000))
-    else:
-        to_array = T.ToArray()
-        mean, cov = T.rgb_covariance(tr, n=500)
-        norm = T.Normalize(mean, np.sqrt(np.diag(cov)))
-    tr.transform = T.Compose([to_array, norm] + aug)
-    va.transform = T.Compose([to_array, norm])
+    # the paper: raw RGB values minus the mean image (default), or standardized
+    steps, norm = input_normalization(tr, args.input, n_mean=2000, n_cov=500)
+    tr.transform = T.Compose(steps + [norm] + aug)
+    va.transform = T.Compose(steps + [norm])
     return tr, va, desc
 
 

@@ -102,3 +102,17 @@ def device(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def import_example(name):
+    """Import ``examples/<name>.py`` as a module (the examples import their ``_common``
+    siblings, so the folder is on sys.path while it loads)."""
+    import sys
+    sys.path.insert(0, EXAMPLES)
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(EXAMPLES)

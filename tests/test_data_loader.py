@@ -517,6 +517,31 @@ def test_errors_name_the_sample_index_and_the_dataset(workers):
     assert "sample index 13" in notes and "Augmented" in notes and "batch 3" in notes
 
 
+def _start_script(tmp_path, name, template, stderr):
+    """Run ``template`` (formatted with the repository path) as a script in a new session,
+    so its whole process group can be signalled; stdout is a text pipe."""
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / name
+    script.write_text(template.format(repo=repo))
+    return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=stderr, text=True, start_new_session=True)
+
+
+def _group_gone(pgid, seconds, poll):
+    """Whether every process of group ``pgid`` has exited within ``seconds``."""
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(poll)
+    return False
+
+
 # --- SIGKILL of the whole process group leaves nothing in /dev/shm ------------------------------
 
 KILL_SCRIPT = r"""
@@ -545,15 +570,9 @@ if __name__ == "__main__":
 def test_sigkill_of_the_process_group_mid_epoch_leaves_no_shared_memory(tmp_path):
     import signal
     import subprocess
-    import sys
-    import time
 
     from minidl.data.dataloader import SHM_PREFIX
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = tmp_path / "loader.py"
-    script.write_text(KILL_SCRIPT.format(repo=repo))
-    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = _start_script(tmp_path, "loader.py", KILL_SCRIPT, subprocess.PIPE)
     prefix = f"{SHM_PREFIX}{p.pid}_"
     try:
         for line in p.stdout:  # mid-epoch: well past the first batches
@@ -570,14 +589,7 @@ def test_sigkill_of_the_process_group_mid_epoch_leaves_no_shared_memory(tmp_path
         p.wait(timeout=30)
         p.stdout.close()
         p.stderr.close()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # the workers die with the group
-        try:
-            os.killpg(p.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
+    if not _group_gone(p.pid, 10, 0.1):  # the workers die with the group
         pytest.fail("processes of the killed loader's group are still alive")
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
 
@@ -695,26 +707,14 @@ if __name__ == "__main__":
 def test_workers_exit_when_the_main_process_alone_is_killed(tmp_path):
     import signal
     import subprocess
-    import sys
     import time
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = tmp_path / "orphans.py"
-    script.write_text(ORPHAN_SCRIPT.format(repo=repo))
-    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    p = _start_script(tmp_path, "orphans.py", ORPHAN_SCRIPT, subprocess.DEVNULL)
     try:
         assert p.stdout.readline().strip() == "0"
         time.sleep(2.0)  # the workers load ahead and block on the full pipe
         os.kill(p.pid, signal.SIGKILL)  # the main process only
         p.wait(timeout=30)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(p.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
+        if not _group_gone(p.pid, 20, 0.2):
             pytest.fail("DataLoader workers outlived their killed main process by 20 s")
         from minidl.data.dataloader import SHM_PREFIX
         assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"{SHM_PREFIX}{p.pid}_")]

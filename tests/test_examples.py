@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import import_example
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -58,14 +59,6 @@ def assert_verdict(r):
     assert isinstance(r["claim"], str) and len(r["claim"]) > 20
     assert isinstance(r["reproduced"], bool)
     assert isinstance(r["rule"], str) and r["rule"]
-
-
-def _import(name):
-    sys.path.insert(0, EXAMPLES)
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(EXAMPLES)
 
 
 @pytest.mark.slow  # runs the script in a subprocess
@@ -160,11 +153,7 @@ def test_relu_vs_tanh_modern_setup_smoke(tmp_path, data_root):
 
 
 def test_relu_vs_tanh_init_is_the_papers_gaussian():
-    sys.path.insert(0, EXAMPLES)
-    try:
-        import relu_vs_tanh as m
-    finally:
-        sys.path.remove(EXAMPLES)
+    m = import_example("relu_vs_tanh")
     import minidl
     minidl.manual_seed(0)
     for act in ("relu", "tanh"):
@@ -179,11 +168,7 @@ def test_relu_vs_tanh_init_is_the_papers_gaussian():
 
 
 def test_relu_vs_tanh_iteration_counting():
-    sys.path.insert(0, EXAMPLES)
-    try:
-        import relu_vs_tanh as m
-    finally:
-        sys.path.remove(EXAMPLES)
+    m = import_example("relu_vs_tanh")
     errs = [1.0] * 10 + [0.0] * 10
     # window 4: the running mean first reaches <= 0.25 when 3 of the last 4 are 0 (iteration 13)
     assert m.iters_to(errs, 0.25, 4) == 13
@@ -191,11 +176,7 @@ def test_relu_vs_tanh_iteration_counting():
 
 
 def test_write_results_keeps_nan_and_says_where(tmp_path, capsys):
-    sys.path.insert(0, EXAMPLES)
-    try:
-        import _common
-    finally:
-        sys.path.remove(EXAMPLES)
+    _common = import_example("_common")
     path = _common.write_results(str(tmp_path), {"loss": float("nan"), "err": [0.5, float("inf")],
                                                  "ok": 1.0})
     r = results(str(tmp_path))
@@ -303,11 +284,7 @@ def test_resnet_cifar_reports_the_test_set(tmp_path, data_root):
 
 
 def test_resnet_cifar_paper_depths_accept_1202():
-    sys.path.insert(0, EXAMPLES)
-    try:
-        import resnet_cifar as m
-    finally:
-        sys.path.remove(EXAMPLES)
+    m = import_example("resnet_cifar")
     args = m.parse_args(["--paper", "--depths", "110", "1202"])
     assert m.choose_depths(args) == [110, 1202]
     assert m.choose_depths(m.parse_args(["--paper"])) == [20, 32, 44, 56, 110]
@@ -364,7 +341,7 @@ def test_alexnet_ablations_smoke(tmp_path, data_root):
 
 
 def test_alexnet_ablations_rule():
-    m = _import("alexnet_ablations")
+    m = import_example("alexnet_ablations")
     v = m.verdict({"paper": [0.30, 0.40], "no_lrn": [0.33, 0.41], "no_overlap": [0.29, 0.40]})
     assert v["no_lrn"]["mean_delta"] == pytest.approx(0.02)
     assert v["no_lrn"]["sign_reproduced"] and not v["no_overlap"]["sign_reproduced"]
@@ -374,7 +351,7 @@ def test_alexnet_ablations_rule():
 
 
 def test_prelu_study_rule():
-    m = _import("prelu_study")
+    m = import_example("prelu_study")
 
     def slopes(conv1, c2, c3):
         d = {"conv1": (conv1, [conv1])}
@@ -397,7 +374,7 @@ def test_prelu_study_rule():
 
 
 def test_resnet_cifar_rule():
-    m = _import("resnet_cifar")
+    m = import_example("resnet_cifar")
 
     def run_(err, std):
         return {"final_train_error": err, "response_std": [std, std]}
@@ -415,7 +392,7 @@ def test_resnet_cifar_rule():
 
 
 def test_init_study_rule():
-    m = _import("init_study")
+    m = import_example("init_study")
     chance = 0.9
 
     def run_(errs):

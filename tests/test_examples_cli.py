@@ -1,21 +1,9 @@
 """The examples' command lines refuse bad values with an argparse error (exit status 2, the flag
 named) before any work starts. In-process: parse_args only, so each case takes milliseconds."""
-import os
-import sys
-
 import pytest
+from conftest import import_example
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = os.path.join(ROOT, "examples")
 SCRIPTS = ["alexnet_imagenet", "init_study", "prelu_study", "relu_vs_tanh", "resnet_cifar"]
-
-
-def _module(name):
-    sys.path.insert(0, EXAMPLES)
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(EXAMPLES)
 
 
 # flag -> bad values, for the flags each script has (checked against the script's --help)
@@ -48,7 +36,7 @@ def _flags(mod, capsys):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bad_values_are_argparse_errors_naming_the_flag(script, capsys, tmp_path):
-    mod = _module(script)
+    mod = import_example(script)
     flags = _flags(mod, capsys)
     assert {"--seed", "--lr" if script != "relu_vs_tanh" else "--lr-relu"} <= flags
     tried = 0
@@ -67,7 +55,7 @@ def test_bad_values_are_argparse_errors_naming_the_flag(script, capsys, tmp_path
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_missing_data_folder_and_out_file_are_named(script, capsys, tmp_path):
-    mod = _module(script)
+    mod = import_example(script)
     missing = str(tmp_path / "no-such-folder")
     with pytest.raises(SystemExit) as info:
         mod.parse_args(["--data", missing])
@@ -83,19 +71,21 @@ def test_missing_data_folder_and_out_file_are_named(script, capsys, tmp_path):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_good_values_parse(script, tmp_path):
-    mod = _module(script)
+    mod = import_example(script)
     args = mod.parse_args(["--seed", "7", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert args.seed == 7 and args.data == str(tmp_path)
 
 
 def test_typed_values_come_back_typed():
-    am = _module("alexnet_imagenet")
+    am = import_example("alexnet_imagenet")
     a = am.parse_args(["--epochs", "3", "--lr", "0.01", "--dropout", "0", "--workers", "0"])
     assert (a.epochs, a.lr, a.dropout, a.workers) == (3, 0.01, 0.0, 0)
-    assert _module("resnet_cifar").parse_args(["--depths", "20", "110"]).depths == [20, 110]
+    args = import_example("resnet_cifar").parse_args(["--depths", "20", "110"])
+    assert args.depths == [20, 110]
 
 
 def test_alexnet_crop_larger_than_image_is_refused(capsys):
     with pytest.raises(SystemExit):
-        _module("alexnet_imagenet").parse_args(["--input-size", "100", "--image-size", "64"])
+        import_example("alexnet_imagenet").parse_args(["--input-size", "100",
+                                                       "--image-size", "64"])
     assert "--input-size 100 is larger than --image-size 64" in capsys.readouterr().err

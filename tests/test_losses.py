@@ -156,6 +156,17 @@ def _both(torch, a, grad=True):
     return _t(a, grad), torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
 
 
+def _same_value_and_grads(torch, rng, out, tout, pairs):
+    """minidl's ``out`` equals torch's ``tout``; backward of the same random upstream gradient
+    through both gives equal gradients for every (minidl, torch) leaf in ``pairs``."""
+    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), rtol=1e-12, atol=1e-14)
+    g = rng.normal(size=out.shape)
+    out.backward(Tensor(g))
+    tout.backward(torch.tensor(g))
+    for a, ta in pairs:
+        np.testing.assert_allclose(a.grad.numpy(), ta.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
 POINTWISE = [
     ("mse_loss", {}), ("l1_loss", {}), ("smooth_l1_loss", {}), ("smooth_l1_loss", {"beta": 0.3}),
     ("smooth_l1_loss", {"beta": 0.0}), ("binary_cross_entropy", {}),
@@ -183,12 +194,7 @@ def test_pointwise_losses_match_torch(name, kw, reduction):
     tkw = {k: (torch.tensor(extra[v]) if isinstance(v, str) else v) for k, v in kw.items()}
     out = getattr(F, name)(x, y, reduction=reduction, **mkw)
     tout = getattr(torch.nn.functional, name)(tx, ty, reduction=reduction, **tkw)
-    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), rtol=1e-12, atol=1e-14)
-    g = rng.normal(size=out.shape)
-    out.backward(Tensor(g))
-    tout.backward(torch.tensor(g))
-    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(y.grad.numpy(), ty.grad.numpy(), rtol=1e-10, atol=1e-13)
+    _same_value_and_grads(torch, rng, out, tout, [(x, tx), (y, ty)])
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -207,12 +213,7 @@ def test_cross_entropy_with_probabilities_matches_torch(reduction, smoothing, we
     tout = torch.nn.functional.cross_entropy(tx, ty, weight=None if w is None else
                                              torch.tensor(w), reduction=reduction,
                                              label_smoothing=smoothing)
-    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), rtol=1e-12, atol=1e-14)
-    g = rng.normal(size=out.shape)
-    out.backward(Tensor(g))
-    tout.backward(torch.tensor(g))
-    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(y.grad.numpy(), ty.grad.numpy(), rtol=1e-10, atol=1e-13)
+    _same_value_and_grads(torch, rng, out, tout, [(x, tx), (y, ty)])
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -232,11 +233,7 @@ def test_cross_entropy_and_nll_match_torch(reduction, smoothing, weighted):
     tout = torch.nn.functional.cross_entropy(tx, torch.tensor(target),
                                              weight=None if w is None else torch.tensor(w),
                                              label_smoothing=smoothing, **kw)
-    np.testing.assert_allclose(out.numpy(), tout.detach().numpy(), rtol=1e-12, atol=1e-14)
-    g = rng.normal(size=out.shape)
-    out.backward(Tensor(g))
-    tout.backward(torch.tensor(g))
-    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-10, atol=1e-13)
+    _same_value_and_grads(torch, rng, out, tout, [(x, tx)])
     if smoothing == 0.0:
         lp, tlp = _both(torch, F.log_softmax(_t(logits), 1).numpy())
         out = F.nll_loss(lp, Tensor(target), weight=None if w is None else _t(w), **kw)
